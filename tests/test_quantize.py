@@ -1,0 +1,142 @@
+import math
+
+import pytest
+import torch
+
+from vqgen.quantize import FSQ, EMAQuantizer, SimVQ, VectorQuantizer, kmeans, nearest_code, rotation_trick
+
+
+def test_nearest_code_equals_brute_force():
+    g = torch.Generator().manual_seed(0)
+    z, codebook = torch.randn(300, 16, generator=g), torch.randn(50, 16, generator=g)
+    brute = ((z[:, None, :] - codebook[None, :, :]) ** 2).sum(-1).argmin(1)
+    assert torch.equal(nearest_code(z, codebook), brute)
+
+
+@pytest.mark.parametrize("kind", ["vq", "ema", "simvq"])
+def test_straight_through_passes_decoder_gradient_unchanged(kind):
+    torch.manual_seed(0)
+    cls = {"vq": VectorQuantizer, "ema": EMAQuantizer, "simvq": SimVQ}[kind]
+    quantizer = cls(32, 8).eval()  # eval: no EMA update between the forward and the lookup below
+    z = torch.randn(2, 8, 3, 3, requires_grad=True)
+    out = quantizer(z)
+    upstream = torch.randn_like(z)
+    (out.quantized * upstream).sum().backward()  # the decoder's gradient only, no auxiliary loss
+    assert torch.allclose(z.grad, upstream)
+    # and the forward value is the codebook vector of the chosen index
+    assert torch.allclose(out.quantized.detach(), quantizer.lookup(out.indices), atol=1e-6)
+
+
+def test_rotation_trick_forward_is_q_and_gradient_is_rotated():
+    torch.manual_seed(0)
+    z = torch.randn(5, 4, requires_grad=True)
+    q = torch.randn(5, 4)
+    out = rotation_trick(z, q)
+    assert torch.allclose(out, q, atol=1e-5)
+    g = torch.randn(5, 4)
+    (out * g).sum().backward()
+    # the Jacobian is (‖q‖/‖z‖)·R with R orthogonal: gradient norms scale by ‖q‖/‖z‖
+    ratio = q.norm(dim=1) / z.detach().norm(dim=1)
+    assert torch.allclose(z.grad.norm(dim=1), ratio * g.norm(dim=1), atol=1e-5)
+    assert not torch.allclose(z.grad, g)
+    # parallel z and q: R is the identity, the gradient is only rescaled
+    z2 = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    (rotation_trick(z2, 3 * z2.detach()) * torch.tensor([[0.5, -1.0]])).sum().backward()
+    assert torch.allclose(z2.grad, 3 * torch.tensor([[0.5, -1.0]]), atol=1e-5)
+
+
+def test_ema_step_matches_hand_computed_formula():
+    q = EMAQuantizer(2, 1, decay=0.5, eps=0.1)
+    q.set_codes(torch.arange(2), torch.tensor([[0.0], [10.0]]))  # counts 1, sums = codebook
+    z = torch.tensor([1.0, 2.0, 9.0]).view(1, 1, 1, 3)  # (B, D, H, W): codes 0, 0, 1
+    out = q(z)
+    assert out.indices.flatten().tolist() == [0, 0, 1]
+    # counts: 0.5·1 + 0.5·2 = 1.5 and 0.5·1 + 0.5·1 = 1.0; sums: 0.5·0 + 0.5·3 = 1.5 and 0.5·10 + 0.5·9 = 9.5
+    assert torch.allclose(q.ema_count, torch.tensor([1.5, 1.0]))
+    assert torch.allclose(q.ema_sum.flatten(), torch.tensor([1.5, 9.5]))
+    n = 2.5
+    smoothed = [(1.5 + 0.1) / (n + 2 * 0.1) * n, (1.0 + 0.1) / (n + 2 * 0.1) * n]
+    assert torch.allclose(q.embedding.flatten(), torch.tensor([1.5 / smoothed[0], 9.5 / smoothed[1]]))
+
+
+def test_ema_unused_codes_never_blow_up():
+    """The classic trap: counts at 0 with sums at the codebook send unused codes to infinity."""
+    torch.manual_seed(0)
+    q = EMAQuantizer(16, 4, decay=0.9)
+    start = q.embedding.clone()
+    z = start[0].view(1, 4, 1, 1).expand(8, 4, 2, 2).contiguous()  # always code 0
+    for _ in range(200):
+        q(z)
+    assert torch.isfinite(q.embedding).all()
+    # counts and sums decay together, so an unused code can only shrink towards the origin, never grow
+    assert (q.embedding[1:].norm(dim=1) <= start[1:].norm(dim=1) + 1e-5).all()
+    naive = EMAQuantizer(16, 4, decay=0.9)
+    naive.set_codes(torch.arange(16), start)
+    naive.ema_count.zero_()  # the trap itself: the unused codes explode
+    for _ in range(20):
+        naive(z)
+    assert (naive.embedding[1:].norm(dim=1) > 100 * start[1:].norm(dim=1)).all()
+
+
+def test_simvq_map_gets_gradient_when_most_codes_unused():
+    torch.manual_seed(0)
+    q = SimVQ(256, 8)
+    z = q.codebook()[3].detach().view(1, 8, 1, 1) + 0.01 * torch.randn(4, 8, 2, 2)
+    out = q(z)
+    assert out.counts.nonzero().numel() == 1  # one code used out of 256
+    recon = out.quantized.sum() * 0 + out.loss + ((out.quantized - 1) ** 2).mean()
+    recon.backward()
+    assert q.proj.weight.grad is not None and q.proj.weight.grad.abs().sum() > 0
+    before = q.codebook().detach().clone()
+    torch.optim.SGD(q.parameters(), lr=0.5).step()
+    moved = (q.codebook().detach() - before).norm(dim=1) > 0
+    assert moved.float().mean() > 0.99  # every code moves, used or not
+
+
+def test_fsq_indices_round_trip():
+    torch.manual_seed(0)
+    fsq = FSQ([8, 5, 3], dim=6)
+    assert fsq.codebook_size == 120
+    z = torch.randn(4, 6, 5, 5) * 3
+    out = fsq(z)
+    assert out.indices.min() >= 0 and out.indices.max() < 120
+    assert torch.allclose(fsq.lookup(out.indices), out.quantized.detach(), atol=1e-5)
+    every = torch.arange(120).view(1, 120, 1)
+    grid = fsq._indices_to_normalized(every) * (fsq.levels // 2).view(1, -1, 1, 1)
+    assert torch.equal(fsq._grid_to_indices(grid), every)
+    assert fsq.codebook().shape == (120, 6)
+
+
+def test_dead_codes_restart_from_encoder_outputs():
+    torch.manual_seed(0)
+    q = VectorQuantizer(8, 2, restart_dead=1)
+    z = torch.randn(1, 2, 4, 4) + 100  # far from every initial code: one code wins, seven die
+    q(z)
+    assert q.restarted == 7
+    rows = z.permute(0, 2, 3, 1).reshape(-1, 2)
+    for code in q.embedding.detach():
+        if code.abs().max() > 50:  # a restarted code: must be one of the encoder outputs
+            assert ((rows - code).abs().sum(1) < 1e-6).any()
+    assert (q.embedding.detach().abs().max(1).values > 50).sum() >= 7
+
+
+def test_kmeans_init_puts_codes_on_the_data():
+    torch.manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = (centres[torch.arange(300) % 3] + 0.1 * torch.randn(300, 2))
+    found = kmeans(x, 3, iters=20)
+    dist = torch.cdist(found, centres).min(1).values
+    assert dist.max() < 0.5
+    q = EMAQuantizer(3, 2, kmeans_init=True)
+    q.train()
+    q(x.t().reshape(1, 2, 300, 1))
+    assert bool(q.initialized)
+    assert torch.cdist(q.embedding, centres).min(1).values.max() < 1.0
+
+
+def test_perplexity_and_usage():
+    from vqgen.metrics import codes_used, perplexity
+
+    assert math.isclose(perplexity(torch.ones(64)), 64, rel_tol=1e-6)
+    assert math.isclose(perplexity(torch.tensor([5.0, 0, 0, 0])), 1.0)
+    assert codes_used(torch.tensor([1, 0, 3, 0])) == 0.5

@@ -1,0 +1,185 @@
+"""Stage one as a library: train, load, evaluate and reconstruct with a VQ-VAE run folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from vqgen import checkpoint as ckpt
+from vqgen.data import ImageData, Split, iterate_batches, load_data, to_float, to_uint8
+from vqgen.errors import VQGenError
+from vqgen.images import save_grid
+from vqgen.metrics import codes_used, image_mse, perplexity, psnr_from_mse
+from vqgen.train import Task, TrainConfig, fit, resolve_device, seed_everything
+from vqgen.vqvae import VQVAE, AEConfig, reconstruction_loss
+
+KIND = "vqvae"
+EVAL_BATCH = 500
+
+
+@dataclass
+class DataConfig:
+    data: str = "shapes"
+    data_root: str | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    strict: bool = False
+
+    def load(self) -> ImageData:
+        return load_data(self.data, self.data_root, self.image_size, self.channels, self.strict)
+
+
+class AutoencoderTask(Task):
+    kind = "train-ae"
+    unit = "img"
+
+    def __init__(self, model: VQVAE, data: ImageData, device: torch.device, preview_count: int = 32):
+        self.model, self.data, self.device = model, data, device
+        self.codebook_size = model.cfg.codebook_size
+        self.preview_images = data.test.images[:preview_count]
+
+    def num_rows(self) -> int:
+        return len(self.data.train)
+
+    def step(self, model: nn.Module, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x = to_float(self.data.train.images[rows]).to(self.device, non_blocking=True)  # (B, C, n, n)
+        recon, vq = model(x)
+        rec = reconstruction_loss(recon, x)
+        stats = {"mse": rec.detach() / 4, "counts": vq.counts, "restarted": self._restarted()}
+        return rec + vq.loss, stats
+
+    def _restarted(self) -> torch.Tensor:
+        return torch.tensor(float(getattr(self.model.quantizer, "restarted", 0)), device=self.device)
+
+    def window_metrics(self, sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
+        mse = float(sums["mse"]) / steps  # [0,1]-scale MSE: the loss runs on [-1,1], 4× larger
+        return {
+            "mse": mse,
+            "psnr": psnr_from_mse(mse),
+            "codes_used": codes_used(sums["counts"]),
+            "perplexity": perplexity(sums["counts"]),
+            "restarted": float(sums["restarted"]),
+        }
+
+    def progress_text(self, m: dict[str, float]) -> str:
+        return f"mse {m['mse']:.4f} psnr {m['psnr']:.1f} codes {m['codes_used']:.0%} ppl {m['perplexity']:.0f}"
+
+    def evaluate(self, model: nn.Module, final: bool) -> dict[str, float]:
+        split = self.data.test if final else Split(self.data.test.images[:2000], None)
+        return evaluate_split(self.model, split, self.device)
+
+    def preview(self, model: nn.Module, run_dir: Path, step: int) -> None:
+        save_reconstructions(self.model, self.preview_images, run_dir / "recon.png", self.device)
+
+
+@torch.no_grad()
+def evaluate_split(model: VQVAE, split: Split, device: torch.device, batch_size: int = EVAL_BATCH) -> dict[str, float]:
+    """MSE, PSNR (of the mean MSE), codes used and perplexity over a whole split."""
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(model.cfg.codebook_size, dtype=torch.long, device=device)
+    se_sum, n = 0.0, len(split)
+    for start, stop in iterate_batches(n, batch_size):
+        x = to_float(split.images[start:stop]).to(device)
+        recon, vq = model(x)
+        se_sum += float(image_mse(recon, x).sum())
+        counts += vq.counts
+    model.train(was_training)
+    mse = se_sum / max(n, 1)
+    return {"mse": mse, "psnr": psnr_from_mse(mse), "codes_used": codes_used(counts), "perplexity": perplexity(counts)}
+
+
+@torch.no_grad()
+def reconstruct(model: VQVAE, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 images (B, C, n, n) → uint8 reconstructions through the codes."""
+    was_training = model.training
+    model.eval()
+    out = to_uint8(model(to_float(images).to(device))[0]).cpu()
+    model.train(was_training)
+    return out
+
+
+def save_reconstructions(model: VQVAE, images: torch.Tensor, path: Path, device: torch.device) -> Path:
+    """A grid of originals (odd rows) over their reconstructions (even rows)."""
+    recon = reconstruct(model, images, device)
+    per_row = min(8, len(images))
+    rows = []
+    for start in range(0, len(images), per_row):
+        rows += [images[start : start + per_row], recon[start : start + per_row]]
+    return save_grid(torch.cat(rows), path, nrow=per_row, scale=2)
+
+
+# ----------------------------------------------------------------------------------------------- run folders
+
+
+def train_autoencoder(
+    ae: AEConfig,
+    train: TrainConfig,
+    data_cfg: DataConfig,
+    out: str | Path,
+    resume: bool = False,
+    force: bool = False,
+    console=None,
+) -> tuple[dict[str, float], Path]:
+    """Train a VQ-VAE into run folder `out`; returns the final held-out metrics and the folder."""
+    run_dir = Path(out)
+    if resume:
+        ckpt.prepare_run_dir(run_dir, resume=True, force=False)
+        saved = ckpt.read_config(run_dir, KIND)
+        ae = AEConfig.from_dict(saved["model"])
+        data_cfg = DataConfig(**saved["data"])
+        steps = train.steps if train.steps != TrainConfig().steps else None
+        train = TrainConfig.from_dict(saved["train"] | ({"steps": steps} if steps else {}))
+    else:
+        run_dir = ckpt.prepare_run_dir(run_dir, resume=False, force=force)
+    data = data_cfg.load()
+    channels, height, width = data.image_shape
+    if height != width:
+        raise VQGenError(f"images are {height}×{width}; vqgen needs square images: pass --image-size N")
+    if height % ae.downsample:
+        raise VQGenError(
+            f"images are {height}×{width}, not divisible by --downsample {ae.downsample}; "
+            f"pass --image-size {((height + ae.downsample - 1) // ae.downsample) * ae.downsample}"
+        )
+    ae.image_size, ae.channels = height, channels
+    device = resolve_device(train.device)
+    seed_everything(train.seed)
+    model = VQVAE(ae).to(device)
+    if not resume:
+        ckpt.write_config(
+            run_dir,
+            KIND,
+            {
+                "model": ae.to_dict(),
+                "train": train.to_dict(),
+                "data": data_cfg.__dict__,
+                "dataset": {"name": data.name, "num_classes": data.num_classes, "class_names": data.class_names,
+                            "train_size": len(data.train), "test_size": len(data.test), "skipped": data.skipped},
+            },
+        )
+    task = AutoencoderTask(model, data, device)
+    results = fit(task, train, run_dir, resume=resume, console=console)
+    return results, run_dir
+
+
+def load_autoencoder(run: str | Path, device: torch.device | str = "cpu") -> tuple[VQVAE, dict]:
+    """Build the VQ-VAE of a run folder from its config and load its validated weights."""
+    run_dir = Path(run)
+    config = ckpt.read_config(run_dir, KIND)
+    try:
+        cfg = AEConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise VQGenError(f"'{run_dir / ckpt.CONFIG}' has an invalid model section ({e})") from e
+    with torch.device("meta"):
+        reference = VQVAE(cfg).state_dict()  # names, shapes and dtypes only: nothing is allocated
+    tensors = ckpt.load_tensors(run_dir / ckpt.WEIGHTS, expected=reference)
+    model = VQVAE(cfg)
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), config
+
+
+def data_config_of(config: dict) -> DataConfig:
+    return DataConfig(**config.get("data", {}))

@@ -1,0 +1,413 @@
+"""Data sets as in-memory uint8 tensors, and a resumable, shardable batch order.
+
+Every source (the built-in `shapes`, torchvision's MNIST / Fashion-MNIST / CIFAR-10, a folder of images, an
+.npz/.npy file) is decoded once into a (N, C, H, W) uint8 tensor, so the training loop only indexes memory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vqgen.errors import VQGenError
+
+TORCHVISION_SETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+SHAPE_NAMES = ("circle", "square", "triangle", "star")
+SHAPES_VERSION = 1
+HELD_OUT_FRACTION = 0.1
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor | None  # (N,) int64
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+@dataclass
+class ImageData:
+    name: str
+    train: Split
+    test: Split
+    num_classes: int  # 0 when the data has no labels
+    class_names: list[str] | None = None
+    skipped: int = 0  # unreadable files skipped while loading a folder
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.train.images.shape[1:]
+        return c, h, w
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("VQGEN_DATA", "data"))
+
+
+def load_data(
+    source: str = "shapes",
+    root: str | Path | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+    strict: bool = False,
+    seed: int = 0,
+) -> ImageData:
+    """Load a data set by name (`shapes`, `mnist`, `fashion-mnist`, `cifar10`) or path (folder, .npz, .npy)."""
+    root = Path(root) if root is not None else default_root()
+    key = source.lower()
+    if key == "shapes":
+        data = load_shapes(root)
+    elif key in TORCHVISION_SETS:
+        data = _load_torchvision(key, root)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise VQGenError(
+                f"data '{source}' is neither a built-in data set (shapes, mnist, fashion-mnist, cifar10) "
+                "nor an existing path; check the spelling or the path"
+            )
+        if path.is_dir():
+            data = _load_folder(path, image_size, channels, strict, seed)
+        elif path.suffix.lower() in (".npz", ".npy"):
+            data = _load_array_file(path, seed)
+        else:
+            raise VQGenError(f"'{source}' is a file but not .npz/.npy; pass a folder of images or an array file")
+    return _prepare(data, image_size, channels)
+
+
+# ----------------------------------------------------------------------------------------------- shapes
+
+
+def _star(n_points: int = 5, inner: float = 0.45) -> np.ndarray:
+    angles = np.arange(2 * n_points) * math.pi / n_points
+    radii = np.where(np.arange(2 * n_points) % 2 == 0, 1.0, inner)
+    return np.stack([radii * np.sin(angles), -radii * np.cos(angles)], axis=1)
+
+
+_UNIT_POLYGONS = {
+    "square": np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=np.float64) / math.sqrt(2),
+    "triangle": np.array([[0, -1], [math.sqrt(3) / 2, 0.5], [-math.sqrt(3) / 2, 0.5]], dtype=np.float64),
+    "star": _star(),
+}
+
+
+def _luminance(rgb: np.ndarray) -> float:
+    return float(rgb @ np.array([0.299, 0.587, 0.114]) / 255.0)
+
+
+def _contrasting_colours(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    # The luminance gap keeps every shape visible; the hues stay free so colour is a real factor to learn.
+    while True:
+        fg = rng.integers(0, 256, size=3)
+        bg = rng.integers(0, 256, size=3)
+        if abs(_luminance(fg) - _luminance(bg)) >= 0.35:
+            return tuple(int(v) for v in fg), tuple(int(v) for v in bg)
+
+
+def generate_shapes(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """n RGB images (n, size, size, 3) of one filled shape each, and their shape labels, deterministic in seed."""
+    from PIL import Image, ImageDraw
+
+    supersample = 4  # draw large and downscale: anti-aliased edges
+    big = size * supersample
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    labels = rng.integers(0, len(SHAPE_NAMES), size=n)
+    for i in range(n):
+        fg, bg = _contrasting_colours(rng)
+        radius = rng.uniform(0.22, 0.42) * big
+        cx, cy = rng.uniform(radius, big - radius, size=2)
+        angle = rng.uniform(0, 2 * math.pi)
+        canvas = Image.new("RGB", (big, big), bg)
+        draw = ImageDraw.Draw(canvas)
+        name = SHAPE_NAMES[labels[i]]
+        if name == "circle":
+            draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=fg)
+        else:
+            rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+            points = _UNIT_POLYGONS[name] @ rotation.T * radius + np.array([cx, cy])
+            draw.polygon([tuple(p) for p in points], fill=fg)
+        images[i] = np.asarray(canvas.resize((size, size), Image.BOX))
+    return images, labels.astype(np.int64)
+
+
+def load_shapes(root: Path, n_train: int = 20_000, n_test: int = 2_000, seed: int = 0) -> ImageData:
+    """The built-in data set: generated once (a few seconds) and cached under the data root."""
+    cache = root / "shapes" / f"shapes-v{SHAPES_VERSION}-seed{seed}-{n_train}-{n_test}.npz"
+    if cache.exists():
+        try:
+            with np.load(cache, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in ("train_images", "train_labels", "test_images", "test_labels")}
+        except (OSError, ValueError, KeyError):
+            arrays = None  # a torn cache is regenerated below
+    else:
+        arrays = None
+    if arrays is None:
+        train_x, train_y = generate_shapes(n_train, seed)
+        test_x, test_y = generate_shapes(n_test, seed + 1)
+        arrays = {"train_images": train_x, "train_labels": train_y, "test_images": test_x, "test_labels": test_y}
+        try:
+            from vqgen.checkpoint import atomic_path
+
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cache) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, **arrays)
+        except OSError:
+            pass  # a read-only data root still works, it just regenerates next time
+
+    def split(prefix: str) -> Split:
+        images = torch.from_numpy(arrays[f"{prefix}_images"]).permute(0, 3, 1, 2).contiguous()
+        return Split(images, torch.from_numpy(arrays[f"{prefix}_labels"]).long())
+
+    return ImageData("shapes", split("train"), split("test"), len(SHAPE_NAMES), list(SHAPE_NAMES))
+
+
+# ----------------------------------------------------------------------------------------------- torchvision
+
+_EXPECTED_FILES = {
+    "mnist": "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
+    "fashion-mnist": "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
+    "cifar10": "cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta)",
+}
+
+
+def _load_torchvision(key: str, root: Path) -> ImageData:
+    import torchvision
+
+    cls = getattr(torchvision.datasets, TORCHVISION_SETS[key])
+    download = os.environ.get("VQGEN_DOWNLOAD", "") not in ("", "0")
+    splits = []
+    try:
+        for train in (True, False):
+            ds = cls(str(root), train=train, download=download)
+            images = torch.as_tensor(np.asarray(ds.data))
+            images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+            splits.append(Split(images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)))
+            names = list(ds.classes)
+    except RuntimeError as e:
+        raise VQGenError(
+            f"{key} not found under data root '{root}': put the files at {root}/{_EXPECTED_FILES[key]} "
+            "(or pass --data-root / set VQGEN_DATA; VQGEN_DOWNLOAD=1 lets torchvision download them)"
+        ) from e
+    return ImageData(key, splits[0], splits[1], len(names), names)
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+
+def _held_out_split(images: torch.Tensor, labels: torch.Tensor | None, seed: int) -> tuple[Split, Split]:
+    n = images.shape[0]
+    if n < 2:
+        raise VQGenError(f"the data has {n} image(s); at least 2 are needed (one to train, one to hold out)")
+    n_test = max(1, round(n * HELD_OUT_FRACTION))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    test_idx, train_idx = order[:n_test].sort().values, order[n_test:].sort().values
+    pick = (lambda t, idx: None) if labels is None else (lambda t, idx: t[idx])
+    return Split(images[train_idx], pick(labels, train_idx)), Split(images[test_idx], pick(labels, test_idx))
+
+
+def _image_extensions() -> set[str]:
+    from PIL import Image
+
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def _load_folder(path: Path, image_size: int | None, channels: int | None, strict: bool, seed: int) -> ImageData:
+    from PIL import Image, UnidentifiedImageError
+
+    extensions = _image_extensions()
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    if not files:
+        raise VQGenError(f"no images found in folder '{path}' (searched recursively for {', '.join(sorted(extensions)[:8])}, ...)")
+    # One level of sub-folders names the classes, but only when every image lives in one.
+    top = [p.relative_to(path).parts for p in files]
+    labelled = all(len(parts) >= 2 for parts in top)
+    class_names = sorted({parts[0] for parts in top}) if labelled else None
+    mode = {1: "L", 3: "RGB"}.get(channels or 0)
+    arrays, labels, skipped = [], [], 0
+    for file, parts in zip(files, top):
+        try:
+            with Image.open(file) as im:
+                im.load()
+                if mode is None:
+                    mode = "L" if im.mode in ("1", "L", "I;16", "I", "F") else "RGB"
+                im = im.convert(mode)
+                if image_size is not None:
+                    im = _resize_crop_pil(im, image_size)
+                arrays.append(np.asarray(im, dtype=np.uint8))
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+            if strict:
+                raise VQGenError(f"cannot read image '{file}' ({e}); remove it, or drop --strict to skip it") from e
+            skipped += 1
+            continue
+        if class_names is not None:
+            labels.append(class_names.index(parts[0]))
+    if not arrays:
+        raise VQGenError(f"none of the {len(files)} image files in '{path}' could be read")
+    sizes = {a.shape[:2] for a in arrays}
+    if len(sizes) > 1:
+        raise VQGenError(
+            f"images in '{path}' have {len(sizes)} different sizes (e.g. {sorted(sizes)[:3]}); "
+            "pass --image-size N to resize and centre-crop them all to N×N"
+        )
+    stacked = torch.from_numpy(np.stack(arrays))
+    images = stacked.unsqueeze(1) if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)
+    label_tensor = torch.tensor(labels, dtype=torch.long) if class_names is not None else None
+    train, test = _held_out_split(images.contiguous(), label_tensor, seed)
+    return ImageData(path.name, train, test, len(class_names or []), class_names, skipped)
+
+
+def _resize_crop_pil(im, size: int):
+    from PIL import Image
+
+    w, h = im.size
+    scale = size / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def _load_array_file(path: Path, seed: int) -> ImageData:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise VQGenError(f"cannot read '{path}' as a numpy file ({e}); save it with numpy.savez") from e
+    if isinstance(loaded, np.ndarray):
+        images, labels = loaded, None
+    else:
+        with loaded:
+            if "images" not in loaded.files:
+                raise VQGenError(
+                    f"'{path}' has no 'images' array (it has: {', '.join(loaded.files) or 'nothing'}); "
+                    "save it as numpy.savez(file, images=..., labels=...)"
+                )
+            images = loaded["images"]
+            labels = loaded["labels"] if "labels" in loaded.files else None
+    if images.dtype != np.uint8:
+        raise VQGenError(f"images in '{path}' are {images.dtype}; vqgen expects uint8 pixels 0..255")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise VQGenError(f"images in '{path}' have shape {images.shape}; expected (N, H, W) or (N, H, W, C) with C 1 or 3")
+    tensor = torch.from_numpy(np.ascontiguousarray(images[..., :3])).permute(0, 3, 1, 2).contiguous()
+    label_tensor, num_classes = None, 0
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        if labels.shape[0] != tensor.shape[0] or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+            raise VQGenError(f"'labels' in '{path}' must be {tensor.shape[0]} non-negative integers, one per image")
+        label_tensor = torch.from_numpy(labels.astype(np.int64))
+        num_classes = int(labels.max()) + 1
+    train, test = _held_out_split(tensor, label_tensor, seed)
+    return ImageData(path.stem, train, test, num_classes)
+
+
+# ----------------------------------------------------------------------------------------------- transforms
+
+
+def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """(N, C, H, W) uint8 to `channels` (1 or 3): luminance for RGB→grey, repetition for grey→RGB."""
+    c = images.shape[1]
+    if c == channels:
+        return images
+    if channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    if channels == 3 and c == 1:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    raise VQGenError(f"cannot convert {c}-channel images to {channels} channels; use --channels 1 or 3")
+
+
+def resize_crop(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Tensor:
+    """(N, C, H, W) uint8 → (N, C, size, size): shorter side to `size` (antialiased), then a centre crop."""
+    n, _, h, w = images.shape
+    if h == size and w == size:
+        return images
+    scale = size / min(h, w)
+    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    out = []
+    for start in range(0, n, chunk):
+        x = images[start : start + chunk].float()
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+        out.append(x[:, :, top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def _prepare(data: ImageData, image_size: int | None, channels: int | None) -> ImageData:
+    for split in (data.train, data.test):
+        if channels is not None:
+            split.images = convert_channels(split.images, channels)
+        if image_size is not None:
+            split.images = resize_crop(split.images, image_size)
+    return data
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] → float [-1, 1], the range the networks see."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] → uint8 [0, 255]."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+# ----------------------------------------------------------------------------------------------- batching
+
+
+class BatchOrder:
+    """Which rows form each batch: a fresh seeded permutation per epoch, so (epoch, position) is the whole state.
+
+    Under DDP every rank draws the same permutation and takes its own slice of each global batch, so
+    `batch_size` is the global batch and N ranks together see exactly what one process would.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise VQGenError(f"--batch-size {batch_size} is not divisible by the {world_size} processes")
+        if n < batch_size:
+            batch_size = n  # a tiny data set still trains, in full batches
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.position = 0, 0
+        self._perm: torch.Tensor | None = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n // self.batch_size  # the ragged tail is dropped: every step sees a full batch
+
+    def _permutation(self) -> torch.Tensor:
+        if self._perm is None:
+            self._perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        return self._perm
+
+    def next(self) -> torch.Tensor:
+        """Row indices of this rank's share of the next global batch."""
+        if self.position >= self.batches_per_epoch:
+            self.epoch, self.position, self._perm = self.epoch + 1, 0, None
+        start = self.position * self.batch_size
+        rows = self._permutation()[start : start + self.batch_size]
+        self.position += 1
+        share = self.batch_size // self.world_size
+        return rows[self.rank * share : (self.rank + 1) * share]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position, self._perm = int(state["epoch"]), int(state["position"]), None
+
+
+def iterate_batches(n: int, batch_size: int):
+    """Sequential (start, stop) slices over n rows, for evaluation and encoding."""
+    for start in range(0, n, batch_size):
+        yield start, min(n, start + batch_size)

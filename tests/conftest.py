@@ -25,7 +25,7 @@ class CliResult:
 
 def run_cli(*args: str) -> CliResult:
     """Run `vqgen ARGS` in-process through the real entry point (errors become one line + exit code)."""
-    from vqgen.cli import main
+    from vqgen.cli import _DEBUG, main
 
     out, err = io.StringIO(), io.StringIO()
     argv = sys.argv
@@ -38,6 +38,7 @@ def run_cli(*args: str) -> CliResult:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         sys.argv = argv
+        _DEBUG["on"] = False
     return CliResult(code, out.getvalue(), err.getvalue())
 
 

@@ -123,7 +123,7 @@ def test_dead_codes_restart_from_encoder_outputs():
 def test_kmeans_init_puts_codes_on_the_data():
     torch.manual_seed(0)
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
-    x = (centres[torch.arange(300) % 3] + 0.1 * torch.randn(300, 2))
+    x = centres[torch.arange(300) % 3] + 0.1 * torch.randn(300, 2)
     found = kmeans(x, 3, iters=20)
     dist = torch.cdist(found, centres).min(1).values
     assert dist.max() < 0.5

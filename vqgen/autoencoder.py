@@ -13,11 +13,20 @@ from vqgen.data import ImageData, Split, iterate_batches, load_data, to_float, t
 from vqgen.errors import VQGenError
 from vqgen.images import save_grid
 from vqgen.metrics import codes_used, image_mse, perplexity, psnr_from_mse
-from vqgen.train import Task, TrainConfig, fit, resolve_device, seed_everything
+from vqgen.train import (
+    Task,
+    TrainConfig,
+    fit,
+    resolve_device,
+    resumed_config,
+    seed_everything,
+    with_default_steps,
+)
 from vqgen.vqvae import VQVAE, AEConfig, reconstruction_loss
 
 KIND = "vqvae"
 EVAL_BATCH = 500
+DEFAULT_STEPS = 1500
 
 
 @dataclass
@@ -131,10 +140,10 @@ def train_autoencoder(
         saved = ckpt.read_config(run_dir, KIND)
         ae = AEConfig.from_dict(saved["model"])
         data_cfg = DataConfig(**saved["data"])
-        steps = train.steps if train.steps != TrainConfig().steps else None
-        train = TrainConfig.from_dict(saved["train"] | ({"steps": steps} if steps else {}))
+        train = resumed_config(saved["train"], train)
     else:
         run_dir = ckpt.prepare_run_dir(run_dir, resume=False, force=force)
+        train = with_default_steps(train, DEFAULT_STEPS)
     data = data_cfg.load()
     channels, height, width = data.image_shape
     if height != width:
@@ -156,8 +165,14 @@ def train_autoencoder(
                 "model": ae.to_dict(),
                 "train": train.to_dict(),
                 "data": data_cfg.__dict__,
-                "dataset": {"name": data.name, "num_classes": data.num_classes, "class_names": data.class_names,
-                            "train_size": len(data.train), "test_size": len(data.test), "skipped": data.skipped},
+                "dataset": {
+                    "name": data.name,
+                    "num_classes": data.num_classes,
+                    "class_names": data.class_names,
+                    "train_size": len(data.train),
+                    "test_size": len(data.test),
+                    "skipped": data.skipped,
+                },
             },
         )
     task = AutoencoderTask(model, data, device)

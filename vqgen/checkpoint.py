@@ -122,8 +122,15 @@ def read_header(path: str | Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]
 
 
 _DTYPE_NAMES = {
-    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.uint8: "U8", torch.bool: "BOOL",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
     torch.int8: "I8",
 }
 
@@ -189,7 +196,9 @@ def prepare_run_dir(out: str | Path, resume: bool, force: bool) -> Path:
 
 
 def write_config(run_dir: Path, kind: str, config: dict) -> None:
-    save_json(run_dir / CONFIG, {"kind": kind, "vqgen_version": __version__, "format_version": FORMAT_VERSION, **config})
+    save_json(
+        run_dir / CONFIG, {"kind": kind, "vqgen_version": __version__, "format_version": FORMAT_VERSION, **config}
+    )
 
 
 def read_config(run_dir: str | Path, kind: str | None = None) -> dict:

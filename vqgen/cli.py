@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -49,32 +49,42 @@ DataOpt = Annotated[
     ),
 ]
 DataRootOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--data-root", help="Where data sets live (default: $VQGEN_DATA, else ./data).", show_default=False),
 ]
 ImageSizeOpt = Annotated[
-    Optional[int],
-    typer.Option("--image-size", help="Resize (shorter side) and centre-crop images to N×N. Default: keep.",
-                 show_default=False),
+    int | None,
+    typer.Option(
+        "--image-size", help="Resize (shorter side) and centre-crop images to N×N. Default: keep.", show_default=False
+    ),
 ]
 ChannelsOpt = Annotated[
-    Optional[int], typer.Option("--channels", help="Convert images to 1 (grey) or 3 (RGB) channels. Default: keep.",
-                                show_default=False)
+    int | None,
+    typer.Option(
+        "--channels", help="Convert images to 1 (grey) or 3 (RGB) channels. Default: keep.", show_default=False
+    ),
 ]
 StrictOpt = Annotated[
     bool, typer.Option("--strict", help="Fail on an unreadable image in a folder instead of skipping it.")
 ]
-StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps to train (default 1500).",
-                                                 show_default=False)]
+StepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--steps",
+        help="Optimizer steps to train (default: 1500 for train-ae, 2000 for train-prior).",
+        show_default=False,
+    ),
+]
 EpochsOpt = Annotated[
-    Optional[float], typer.Option("--epochs", help="Train for this many passes over the data instead of --steps.",
-                                  show_default=False)
+    float | None,
+    typer.Option("--epochs", help="Train for this many passes over the data instead of --steps.", show_default=False),
 ]
 BatchOpt = Annotated[
     int, typer.Option("--batch-size", help="Global batch size (split across processes under torchrun).")
 ]
-LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine).",
-                                                show_default=False)]
+LrOpt = Annotated[
+    float | None, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine).", show_default=False)
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: the same seed reproduces the same run.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOpt = Annotated[
@@ -85,7 +95,9 @@ LogEveryOpt = Annotated[int, typer.Option("--log-every", help="Steps between lin
 EvalEveryOpt = Annotated[
     int, typer.Option("--eval-every", help="Steps between held-out evaluations and previews (0: only at the end).")
 ]
-SaveEveryOpt = Annotated[int, typer.Option("--save-every", help="Steps between resumable checkpoints (0: only at the end).")]
+SaveEveryOpt = Annotated[
+    int, typer.Option("--save-every", help="Steps between resumable checkpoints (0: only at the end).")
+]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing run in --out.")]
 
@@ -128,32 +140,52 @@ def train_ae(
     strict: StrictOpt = False,
     out: Annotated[Path, typer.Option("--out", help="Run folder to write.")] = Path("runs/ae"),
     quantizer: Annotated[
-        str, typer.Option("--quantizer", help="ema (EMA codebook), vq (codebook + commitment loss), simvq "
-                          "(frozen random Q times learned W), simvq-diag (diagonal W) or fsq (finite scalar).")
+        str,
+        typer.Option(
+            "--quantizer",
+            help="ema (EMA codebook), vq (codebook + commitment loss), simvq "
+            "(frozen random Q times learned W), simvq-diag (diagonal W) or fsq (finite scalar).",
+        ),
     ] = "ema",
-    codebook_size: Annotated[int, typer.Option("--codebook-size", help="K, the number of codes (ignored by fsq).")] = 512,
+    codebook_size: Annotated[
+        int, typer.Option("--codebook-size", help="K, the number of codes (ignored by fsq).")
+    ] = 512,
     embed_dim: Annotated[int, typer.Option("--embed-dim", help="D, the dimension of each code vector.")] = 64,
     hidden: Annotated[int, typer.Option("--hidden", help="Channels of the encoder/decoder.")] = 128,
     res_blocks: Annotated[int, typer.Option("--res-blocks", help="Residual blocks in encoder and decoder.")] = 2,
     downsample: Annotated[int, typer.Option("--downsample", help="n/m: 2, 4 or 8 (an n×n image → m×m codes).")] = 4,
-    beta: Annotated[float, typer.Option("--beta", help="β, weight of the codebook loss ‖q − sg[z]‖² (vq, simvq).")] = 1.0,
+    beta: Annotated[
+        float, typer.Option("--beta", help="β, weight of the codebook loss ‖q − sg[z]‖² (vq, simvq).")
+    ] = 1.0,
     commitment: Annotated[
-        Optional[float], typer.Option("--commitment", help="γ, weight of the commitment loss ‖z − sg[q]‖² "
-                                      "(default 0.25·β).", show_default=False)
+        float | None,
+        typer.Option(
+            "--commitment", help="γ, weight of the commitment loss ‖z − sg[q]‖² (default 0.25·β).", show_default=False
+        ),
     ] = None,
     decay: Annotated[float, typer.Option("--decay", help="EMA decay of the ema codebook.")] = 0.99,
-    grad: Annotated[str, typer.Option("--grad", help="Gradient through the quantizer: ste (straight-through) "
-                                      "or rotation (the rotation trick).")] = "ste",
+    grad: Annotated[
+        str,
+        typer.Option(
+            "--grad", help="Gradient through the quantizer: ste (straight-through) or rotation (the rotation trick)."
+        ),
+    ] = "ste",
     restart_dead: Annotated[
-        int, typer.Option("--restart-dead", help="Re-initialise a code unused for N steps from a recent encoder "
-                          "output (0: never).")
+        int,
+        typer.Option(
+            "--restart-dead", help="Re-initialise a code unused for N steps from a recent encoder output (0: never)."
+        ),
     ] = 50,
     kmeans_init: Annotated[
-        bool, typer.Option("--kmeans-init/--no-kmeans-init", help="Initialise the codebook by k-means on the "
-                           "first batch's encoder outputs.")
+        bool,
+        typer.Option(
+            "--kmeans-init/--no-kmeans-init",
+            help="Initialise the codebook by k-means on the first batch's encoder outputs.",
+        ),
     ] = True,
-    fsq_levels: Annotated[str, typer.Option("--fsq-levels", help="Levels per FSQ dimension, e.g. 8,8,8 (K = their "
-                                            "product).")] = "8,8,8",
+    fsq_levels: Annotated[
+        str, typer.Option("--fsq-levels", help="Levels per FSQ dimension, e.g. 8,8,8 (K = their product).")
+    ] = "8,8,8",
     steps: StepsOpt = None,
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = 128,
@@ -180,18 +212,36 @@ def train_ae(
     try:
         levels = [int(v) for v in fsq_levels.split(",") if v.strip()]
         ae = AEConfig(
-            hidden=hidden, res_blocks=res_blocks, downsample=downsample, embed_dim=embed_dim,
-            codebook_size=codebook_size, quantizer=quantizer, beta=beta,
-            commitment=0.25 * beta if commitment is None else commitment, decay=decay, grad=grad,
-            restart_dead=restart_dead, kmeans_init=kmeans_init, fsq_levels=levels,
+            hidden=hidden,
+            res_blocks=res_blocks,
+            downsample=downsample,
+            embed_dim=embed_dim,
+            codebook_size=codebook_size,
+            quantizer=quantizer,
+            beta=beta,
+            commitment=0.25 * beta if commitment is None else commitment,
+            decay=decay,
+            grad=grad,
+            restart_dead=restart_dead,
+            kmeans_init=kmeans_init,
+            fsq_levels=levels,
         )
     except ValueError as e:
         raise VQGenError(f"{e}") from e
     if grad not in ("ste", "rotation"):
         raise VQGenError(f"--grad must be ste or rotation, not '{grad}'")
     train = _train_config(
-        steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, precision=precision,
-        compile=compile, log_every=log_every, eval_every=eval_every, save_every=save_every,
+        steps=steps,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        precision=precision,
+        compile=compile,
+        log_every=log_every,
+        eval_every=eval_every,
+        save_every=save_every,
     )
     data_cfg = DataConfig(data, data_root, image_size, channels, strict)
     console = _console()
@@ -203,12 +253,17 @@ def train_ae(
 @app.command()
 def reconstruct(
     ae: Annotated[Path, typer.Option("--ae", help="Autoencoder run folder.")] = Path("runs/ae"),
-    data: Annotated[Optional[str], typer.Option("--data", help="Data to reconstruct (default: the run's own), "
-                                                "as for train-ae.", show_default=False)] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", help="Data to reconstruct (default: the run's own), as for train-ae.", show_default=False
+        ),
+    ] = None,
     data_root: DataRootOpt = None,
     n: Annotated[int, typer.Option("--n", help="Number of held-out images to show.")] = 32,
-    out: Annotated[Optional[Path], typer.Option("--out", help="PNG to write (default: RUN/reconstruct.png).",
-                                                show_default=False)] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="PNG to write (default: RUN/reconstruct.png).", show_default=False)
+    ] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Write a grid of held-out originals over their reconstructions through the codes."""
@@ -251,6 +306,236 @@ def info(run: Annotated[Path, typer.Argument(help="A run folder (autoencoder or 
             _print_table(f"last {split} metrics", last, console)
     if not records:
         console.print("no metrics yet")
+
+
+# ----------------------------------------------------------------------------------------------- stage two
+
+CodesOpt = Annotated[Path, typer.Option("--codes", help="Codes file written by `vqgen encode`.")]
+
+
+@app.command()
+def encode(
+    ae: Annotated[Path, typer.Option("--ae", help="Autoencoder run folder.")] = Path("runs/ae"),
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Data to encode (default: the data the autoencoder was trained on), as for train-ae.",
+            show_default=False,
+        ),
+    ] = None,
+    data_root: DataRootOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Codes file to write (safetensors).")] = Path(
+        "runs/codes.safetensors"
+    ),
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch.")] = 500,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Encode the train and test split into m×m code grids (with labels, where the data has them)."""
+    from vqgen.codes import encode_dataset
+
+    console = _console()
+    codes, stats = encode_dataset(ae, out, data, data_root, device, batch_size, console)
+    _print_table(
+        f"{out}: {stats['train_images']} train + {stats['test_images']} test grids of "
+        f"{codes.grid_size}×{codes.grid_size}, K={codes.codebook_size}",
+        {"codes used (train)": stats["codes_used"], "perplexity (train)": stats["perplexity"]},
+        console,
+    )
+
+
+@app.command("train-prior")
+def train_prior_cmd(
+    codes: CodesOpt = Path("runs/codes.safetensors"),
+    arch: Annotated[
+        str, typer.Option("--arch", help="transformer (PixelAtt, a causal Transformer) or pixelcnn (gated PixelCNN).")
+    ] = "transformer",
+    out: Annotated[Path, typer.Option("--out", help="Run folder to write.")] = Path("runs/prior"),
+    class_conditional: Annotated[
+        bool | None,
+        typer.Option(
+            "--class-conditional/--unconditional",
+            help="Condition on the class label (default: when the codes file has labels).",
+            show_default=False,
+        ),
+    ] = None,
+    class_dropout: Annotated[
+        float,
+        typer.Option(
+            "--class-dropout",
+            help="Training probability of hiding the label, so the model also samples unconditionally.",
+        ),
+    ] = 0.1,
+    layers: Annotated[
+        int | None,
+        typer.Option(
+            "--layers", help="Transformer blocks / PixelCNN gated layers (default 4 / 10).", show_default=False
+        ),
+    ] = None,
+    width: Annotated[
+        int | None,
+        typer.Option(
+            "--width", help="Transformer embedding width / PixelCNN channels (default 128 / 64).", show_default=False
+        ),
+    ] = None,
+    heads: Annotated[int, typer.Option("--heads", help="Attention heads (transformer).")] = 4,
+    dropout: Annotated[float, typer.Option("--dropout", help="Dropout in the Transformer blocks.")] = 0.0,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW decay on weight matrices only.")] = 0.01,
+    steps: StepsOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = 64,
+    lr: LrOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    compile: CompileOpt = False,
+    log_every: LogEveryOpt = 50,
+    eval_every: EvalEveryOpt = 500,
+    save_every: SaveEveryOpt = 500,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
+) -> None:
+    """Fit an autoregressive prior over the code grids, in raster order (stage two).
+
+    Logs train loss and held-out bits per code / per image; writes config.json, model.safetensors,
+    metrics.jsonl and samples.png (decoded samples at every evaluation) into --out.
+    """
+    from vqgen.errors import VQGenError
+    from vqgen.priors import PriorConfig
+    from vqgen.priors.training import train_prior
+
+    try:
+        prior = PriorConfig(arch=arch, class_dropout=class_dropout, n_head=heads, dropout=dropout)
+        if prior.arch == "transformer":
+            prior.n_layer, prior.n_embd = layers or prior.n_layer, width or prior.n_embd
+        else:
+            prior.pcnn_layers, prior.pcnn_channels = layers or prior.pcnn_layers, width or prior.pcnn_channels
+        prior.__post_init__()
+    except ValueError as e:
+        raise VQGenError(str(e)) from e
+    train = _train_config(
+        steps=steps,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr if lr is not None else 1e-3,
+        seed=seed,
+        device=device,
+        precision=precision,
+        compile=compile,
+        log_every=log_every,
+        eval_every=eval_every,
+        save_every=save_every,
+        weight_decay=weight_decay,
+    )
+    console = _console()
+    results, run_dir = train_prior(prior, train, codes, out, class_conditional, resume, force, console)
+    _print_table(f"held-out results ({run_dir})", results, console)
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+
+PriorOpt = Annotated[Path, typer.Option("--prior", help="Prior run folder (its autoencoder is found from it).")]
+TemperatureOpt = Annotated[
+    float, typer.Option("--temperature", help="Softmax temperature (> 0; < 1 is more conservative).")
+]
+TopKOpt = Annotated[
+    int | None, typer.Option("--top-k", help="Sample only among the k most likely codes.", show_default=False)
+]
+TopPOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--top-p", help="Nucleus sampling: the smallest set of codes with this much probability.", show_default=False
+    ),
+]
+IgnoreHashOpt = Annotated[
+    bool,
+    typer.Option("--ignore-hash", help="Sample even if the autoencoder's weights changed since the prior was trained."),
+]
+AeOverrideOpt = Annotated[
+    Path | None,
+    typer.Option("--ae", help="Autoencoder run (default: the one the prior records).", show_default=False),
+]
+
+
+@app.command()
+def sample(
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 64,
+    prior: PriorOpt = Path("runs/prior"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for grid.png and 000.png, 001.png, ...")] = Path("samples"),
+    seed: SeedOpt = 0,
+    temperature: TemperatureOpt = 1.0,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Grids sampled in parallel.")] = 64,
+    classes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--class",
+            help="Class index or name to sample (repeatable; cycles over the values); 'all' gives one row per class.",
+            show_default=False,
+        ),
+    ] = None,
+    classes_all: Annotated[
+        bool, typer.Option("--classes-all", "--all-classes", help="One row per class (same as --class all).")
+    ] = False,
+    save_codes: Annotated[
+        bool, typer.Option("--save-codes", help="Also write the sampled grids to OUT/codes.safetensors.")
+    ] = False,
+    no_cache: Annotated[
+        bool,
+        typer.Option("--no-cache", help="Transformer: recompute the whole sequence for each code (for benchmarks)."),
+    ] = False,
+    ae: AeOverrideOpt = None,
+    ignore_hash: IgnoreHashOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Sample new images: prior → codebook lookup → decoder. Writes OUT/grid.png and one PNG per image."""
+    from vqgen.sample import SamplingOptions, load_pipeline
+    from vqgen.sample import sample as run_sample
+
+    opts = SamplingOptions(temperature, top_k, top_p, batch_size, seed, use_cache=not no_cache)
+    pipe = load_pipeline(prior, device, ae, ignore_hash)
+    wanted = ["all"] if classes_all else (classes or [])
+    result = run_sample(pipe, n, out, opts, wanted, save_codes)
+    console = _console()
+    console.print(
+        f"wrote {result.grid} and {len(result.files)} images {result.files[0].name}…{result.files[-1].name} in {out}/"
+    )
+    console.print(
+        f"sampling {result.sample_seconds:.2f} s ({result.codes_per_second:,.0f} codes/s), "
+        f"decoding {result.decode_seconds:.2f} s"
+    )
+
+
+@app.command()
+def complete(
+    images: Annotated[list[Path], typer.Option("--image", help="Image file(s) to complete (repeatable).")],
+    keep_rows: Annotated[int, typer.Option("--keep-rows", help="Rows of codes to keep from each image.")] = 3,
+    n: Annotated[int, typer.Option("--n", help="Completions per image.")] = 8,
+    prior: PriorOpt = Path("runs/prior"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for completions.png.")] = Path("samples"),
+    seed: SeedOpt = 0,
+    temperature: TemperatureOpt = 1.0,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    label: Annotated[
+        str | None,
+        typer.Option("--class", help="Class to complete towards (conditional priors).", show_default=False),
+    ] = None,
+    ae: AeOverrideOpt = None,
+    ignore_hash: IgnoreHashOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Encode images, keep their first rows of codes, let the prior sample the rest N times.
+
+    Writes a grid with one row per image: the original, the kept part, then the completions.
+    """
+    from vqgen.sample import SamplingOptions, load_pipeline
+    from vqgen.sample import complete as run_complete
+
+    pipe = load_pipeline(prior, device, ae, ignore_hash)
+    path = run_complete(pipe, images, keep_rows, n, out, SamplingOptions(temperature, top_k, top_p, seed=seed), label)
+    _console().print(f"wrote {path}")
 
 
 # ----------------------------------------------------------------------------------------------- entry point

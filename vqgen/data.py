@@ -226,14 +226,16 @@ def _load_folder(path: Path, image_size: int | None, channels: int | None, stric
     extensions = _image_extensions()
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
     if not files:
-        raise VQGenError(f"no images found in folder '{path}' (searched recursively for {', '.join(sorted(extensions)[:8])}, ...)")
+        raise VQGenError(
+            f"no images found in folder '{path}' (searched recursively for {', '.join(sorted(extensions)[:8])}, ...)"
+        )
     # One level of sub-folders names the classes, but only when every image lives in one.
     top = [p.relative_to(path).parts for p in files]
     labelled = all(len(parts) >= 2 for parts in top)
     class_names = sorted({parts[0] for parts in top}) if labelled else None
     mode = {1: "L", 3: "RGB"}.get(channels or 0)
     arrays, labels, skipped = [], [], 0
-    for file, parts in zip(files, top):
+    for file, parts in zip(files, top, strict=False):
         try:
             with Image.open(file) as im:
                 im.load()
@@ -297,7 +299,9 @@ def _load_array_file(path: Path, seed: int) -> ImageData:
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise VQGenError(f"images in '{path}' have shape {images.shape}; expected (N, H, W) or (N, H, W, C) with C 1 or 3")
+        raise VQGenError(
+            f"images in '{path}' have shape {images.shape}; expected (N, H, W) or (N, H, W, C) with C 1 or 3"
+        )
     tensor = torch.from_numpy(np.ascontiguousarray(images[..., :3])).permute(0, 3, 1, 2).contiguous()
     label_tensor, num_classes = None, 0
     if labels is not None:
@@ -387,7 +391,9 @@ class BatchOrder:
 
     def _permutation(self) -> torch.Tensor:
         if self._perm is None:
-            self._perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+            self._perm = torch.randperm(
+                self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            )
         return self._perm
 
     def next(self) -> torch.Tensor:

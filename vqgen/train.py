@@ -25,7 +25,7 @@ from vqgen.errors import TrainingInterrupted, VQGenError
 
 @dataclass
 class TrainConfig:
-    steps: int = 1500
+    steps: int | None = None  # None: the stage's default
     epochs: float | None = None  # when set, overrides steps
     batch_size: int = 128  # the global batch: split across processes under torchrun
     lr: float = 2e-4
@@ -224,6 +224,20 @@ def load_state(run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, orde
 # ----------------------------------------------------------------------------------------------- the loop
 
 
+def resumed_config(saved: dict, given: TrainConfig) -> TrainConfig:
+    """A resumed run keeps its saved settings; only a --steps / --epochs given now extends it."""
+    cfg = TrainConfig.from_dict(saved)
+    if given.steps is not None or given.epochs is not None:
+        cfg.steps, cfg.epochs = given.steps, given.epochs
+    return cfg
+
+
+def with_default_steps(cfg: TrainConfig, steps: int) -> TrainConfig:
+    if cfg.steps is None and cfg.epochs is None:
+        cfg.steps = steps
+    return cfg
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     if cfg.warmup and step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -289,7 +303,14 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
     model = task.model
     opt = torch.optim.AdamW(task.param_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
     order = BatchOrder(task.num_rows(), cfg.batch_size, cfg.seed, dist_info.rank, dist_info.world_size)
-    total = cfg.steps if cfg.epochs is None else max(1, math.ceil(cfg.epochs * order.batches_per_epoch))
+    if cfg.epochs is not None:
+        total = max(1, math.ceil(cfg.epochs * order.batches_per_epoch))
+    elif cfg.steps is not None:
+        total = cfg.steps
+    else:
+        raise ValueError("TrainConfig needs steps or epochs")
+    if total < 1:
+        raise VQGenError(f"--steps must be at least 1, not {total}")
     start_step = 0
     if resume:
         meta = load_state(run_dir, model, opt, order)
@@ -353,8 +374,13 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
                 rate = window_steps * cfg.batch_size * task.examples_per_row / max(elapsed, 1e-9)
                 metrics = {"loss": sum(values) / len(values), **task.window_metrics(sums, window_steps)}
                 if main:
-                    record = {"step": done, "split": "train", **metrics, "lr": opt.param_groups[0]["lr"],
-                              f"{task.unit}_per_s": rate}
+                    record = {
+                        "step": done,
+                        "split": "train",
+                        **metrics,
+                        "lr": opt.param_groups[0]["lr"],
+                        f"{task.unit}_per_s": rate,
+                    }
                     ckpt.append_metrics(run_dir, record)
                     info = f"loss {metrics['loss']:.4f} {task.progress_text(metrics)} {rate:,.0f} {task.unit}/s"
                     progress.update(bar, completed=done, info=info)

@@ -105,7 +105,7 @@ class Decoder(nn.Module):
         layers += [ResBlock(cfg.hidden, cfg.res_hidden) for _ in range(cfg.res_blocks)]
         layers += [nn.ReLU()]
         outs = widths[1:] + [cfg.channels]
-        for i, (in_ch, out_ch) in enumerate(zip(widths, outs)):
+        for i, (in_ch, out_ch) in enumerate(zip(widths, outs, strict=False)):
             layers += [nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1)]
             if i < len(outs) - 1:
                 layers += [nn.ReLU()]

@@ -1,0 +1,66 @@
+"""Stage one on MNIST (28×28 → 7×7 codes, K = 512): held-out PSNR, codes used, perplexity and img/s per quantizer.
+
+    python bench/ae_quantizers.py [--steps 1500] [--quantizers ema,vq,simvq,fsq] [--extra "--grad rotation"]
+
+Each run is `vqgen train-ae --data mnist --steps N --quantizer Q` with every other setting at its default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from common import REPO, SHARED, last_metrics, mean_rate, vqgen, write_result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--quantizers", default="ema,vq,simvq,fsq")
+    parser.add_argument("--extra", default="", help="extra train-ae flags for every run")
+    parser.add_argument("--name", default="ae_quantizers")
+    args = parser.parse_args()
+    rows = []
+    for q in args.quantizers.split(","):
+        suffix = "-" + args.extra.replace(" ", "").replace("-", "") if args.extra else ""
+        run = REPO / "runs" / "bench" / f"ae-{q}{suffix}"
+        flags = [
+            "train-ae",
+            "--data",
+            "mnist",
+            "--data-root",
+            str(SHARED),
+            "--steps",
+            str(args.steps),
+            "--quantizer",
+            q,
+            "--out",
+            str(run),
+            "--force",
+            *shlex.split(args.extra),
+        ]
+        seconds, _ = vqgen(*flags)
+        test = last_metrics(run, "test")
+        row = {
+            "quantizer": q,
+            "extra": args.extra,
+            "steps": args.steps,
+            "seconds": round(seconds, 1),
+            "img_per_s": round(mean_rate(run, "img_per_s"), 1),
+            "psnr": round(test["psnr"], 2),
+            "mse": test["mse"],
+            "codes_used": round(test["codes_used"], 4),
+            "perplexity": round(test["perplexity"], 1),
+            "command": "vqgen " + shlex.join(flags),
+        }
+        print(row)
+        rows.append(row)
+    write_result(
+        args.name,
+        "python bench/ae_quantizers.py " + " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in vars(args).items()),
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Shared helpers for the benchmarks: run a vqgen command, time it, and record machine + command + figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+SHARED = Path(os.environ.get("VQGEN_BENCH_DATA", REPO.parent / "shared" / "datasets"))
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+def vqgen(*args: str, env: dict | None = None) -> tuple[float, str]:
+    """Run `python -m vqgen ARGS`; returns wall seconds and the output. Raises on failure."""
+    cmd = [sys.executable, "-m", "vqgen", *map(str, args)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=REPO)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"failed: {shlex.join(cmd)}\n{proc.stderr[-2000:]}")
+    return seconds, proc.stdout
+
+
+def last_metrics(run: Path, split: str) -> dict:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return next(r for r in reversed(records) if r.get("split") == split)
+
+
+def mean_rate(run: Path, key: str) -> float:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rates = [r[key] for r in records if r.get("split") == "train" and key in r][1:]  # skip the warm-up window
+    return sum(rates) / max(len(rates), 1)
+
+
+def write_result(name: str, command: str, figures) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(
+        json.dumps({"benchmark": name, "command": command, "machine": machine(), "figures": figures}, indent=2) + "\n"
+    )
+    print(f"wrote {path}")
+    return path

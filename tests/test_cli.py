@@ -1,0 +1,141 @@
+"""End to end through the real entry point, on the built-in shapes data, at tiny step counts."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_cli
+
+
+@pytest.fixture
+def tiny_defaults(monkeypatch):
+    """Shrink only the default step counts, so the commands below run with no flags at all."""
+    import vqgen.autoencoder
+    import vqgen.priors.training
+
+    monkeypatch.setattr(vqgen.autoencoder, "DEFAULT_STEPS", 12)
+    monkeypatch.setattr(vqgen.priors.training, "DEFAULT_STEPS", 12)
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, vqgen.cli; assert 'torch' not in sys.modules, 'torch imported by --help path'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    out = subprocess.run([sys.executable, "-m", "vqgen", "--help"], capture_output=True, text=True, check=True)
+    for command in ("train-ae", "encode", "train-prior", "sample", "complete", "reconstruct", "info"):
+        assert command in out.stdout
+
+
+def test_pipeline_with_no_flags(in_tmp, tiny_defaults):
+    result = run_cli("train-ae")
+    assert result.code == 0, result.err
+    run = in_tmp / "runs" / "ae"
+    for name in ("config.json", "model.safetensors", "state.safetensors", "metrics.jsonl", "recon.png"):
+        assert (run / name).exists(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["kind"] == "vqvae" and config["model"]["image_size"] == 32
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    test = records[-1]
+    assert test["split"] == "test" and {"mse", "psnr", "codes_used", "perplexity"} <= set(test)
+    assert 0 < test["codes_used"] <= 1 and test["perplexity"] >= 1
+
+    info = run_cli("info", str(run))
+    assert info.code == 0 and "codebook_size" in info.out and "psnr" in info.out
+
+    result = run_cli("encode")
+    assert result.code == 0, result.err
+    from vqgen.codes import load_codes
+
+    codes = load_codes(in_tmp / "runs" / "codes.safetensors")
+    assert codes.train_codes.shape == (20_000, 8, 8) and codes.test_codes.shape == (2_000, 8, 8)
+    assert codes.num_classes == 4 and codes.train_labels is not None
+
+    result = run_cli("train-prior")
+    assert result.code == 0, result.err
+    assert (in_tmp / "runs" / "prior" / "samples.png").exists()
+
+    result = run_cli("sample", "--n", "64")
+    assert result.code == 0, result.err
+    assert "sampling" in result.out and "decoding" in result.out
+    files = sorted((in_tmp / "samples").glob("[0-9][0-9][0-9].png"))
+    assert len(files) == 64
+    assert all(Image.open(f).size == (32, 32) for f in files[:5])
+    assert (in_tmp / "samples" / "grid.png").exists()
+
+    result = run_cli("complete", "--image", str(files[0]), "--image", str(files[1]), "--n", "3", "--keep-rows", "4")
+    assert result.code == 0, result.err
+    grid = Image.open(in_tmp / "samples" / "completions.png")
+    assert grid.size[0] > grid.size[1]  # 2 rows of 5 images
+
+    result = run_cli("sample", "--n", "8", "--class", "all", "--out", "per_class", "--save-codes")
+    assert result.code == 0, result.err
+    saved = __import__("safetensors.torch", fromlist=["load_file"]).load_file("per_class/codes.safetensors")
+    assert saved["labels"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+
+    result = run_cli("reconstruct", "--n", "8")
+    assert result.code == 0 and (run / "reconstruct.png").exists()
+
+
+def test_train_ae_loss_falls(in_tmp):
+    result = run_cli("train-ae", "--steps", "40", "--log-every", "10", "--batch-size", "32", "--lr", "1e-3")
+    assert result.code == 0, result.err
+    train = [json.loads(line) for line in (in_tmp / "runs/ae/metrics.jsonl").read_text().splitlines()]
+    train = [r for r in train if r["split"] == "train"]
+    assert len(train) == 4
+    assert train[-1]["loss"] < 0.7 * train[0]["loss"]
+    assert train[-1]["psnr"] > train[0]["psnr"]
+
+
+@pytest.mark.parametrize("arch", ["transformer", "pixelcnn"])
+def test_encode_then_train_prior_each_arch(in_tmp, arch):
+    assert run_cli("train-ae", "--steps", "5", "--batch-size", "16").code == 0
+    assert run_cli("encode", "--out", "codes.safetensors").code == 0
+    result = run_cli(
+        "train-prior",
+        "--codes",
+        "codes.safetensors",
+        "--arch",
+        arch,
+        "--steps",
+        "30",
+        "--log-every",
+        "10",
+        "--batch-size",
+        "32",
+        "--out",
+        f"prior-{arch}",
+    )
+    assert result.code == 0, result.err
+    records = [json.loads(line) for line in (in_tmp / f"prior-{arch}" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert train[-1]["loss"] < train[0]["loss"]
+    test = records[-1]
+    assert test["split"] == "test"
+    assert test["bits_per_image"] == pytest.approx(test["bits_per_code"] * 64)
+    config = json.loads((in_tmp / f"prior-{arch}" / "config.json").read_text())
+    assert config["model"]["arch"] == arch and config["model"]["num_classes"] == 4
+    from vqgen.checkpoint import sha256
+
+    assert config["ae"]["sha256"] == sha256(in_tmp / "runs/ae/model.safetensors")
+
+
+def test_codes_file_round_trip_and_metadata(in_tmp):
+    from vqgen.checkpoint import sha256
+    from vqgen.codes import load_codes
+
+    assert run_cli("train-ae", "--steps", "3", "--batch-size", "16").code == 0
+    assert run_cli("encode").code == 0
+    codes = load_codes("runs/codes.safetensors")
+    assert codes.codebook_size == 512 and codes.grid_size == 8 and codes.dataset == "shapes"
+    assert codes.ae_run == "runs/ae" and codes.ae_sha256 == sha256("runs/ae/model.safetensors")
+    assert codes.class_names == ["circle", "square", "triangle", "star"]
+    # the codes are the autoencoder's own: re-encoding a few test images gives the same grids
+    from vqgen.autoencoder import load_autoencoder
+    from vqgen.data import load_data, to_float
+
+    model, _ = load_autoencoder("runs/ae")
+    images = load_data("shapes").test.images[:16]
+    assert torch.equal(model.encode(to_float(images)), codes.test_codes[:16])

@@ -1,0 +1,242 @@
+"""Autoregressive priors over the m×m grid of VQ-VAE codes.
+
+A prior factorises p(c) = Π_i p(c_i | c_<i [, y]) over the grid in raster order, where every code is an
+integer in [0, K) and y is an optional class label. Two architectures share the `Prior` interface:
+
+- ``"pixelcnn"``: a gated PixelCNN (van den Oord et al. 2016) with vertical and horizontal stacks;
+- ``"transformer"`` (a.k.a. PixelAtt): a decoder-only causal Transformer with a key/value cache.
+
+Class-conditional models reserve label ``num_classes`` as the "null" class; labels=None means null, and
+class dropout during training teaches a single model to sample both with and without a label.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ARCHS = ("transformer", "pixelcnn")
+_ARCH_ALIASES = {"pixelatt": "transformer"}
+
+
+@dataclass
+class PriorConfig:
+    arch: str = "transformer"  # "transformer" (PixelAtt) or "pixelcnn"
+    codebook_size: int = 512  # K: codes are integers in [0, K)
+    grid_size: int = 7  # m: the prior models an m×m grid
+    num_classes: int = 0  # 0 = unconditional; else labels 0..num_classes-1, and num_classes = null
+    class_dropout: float = 0.1  # training-time probability of replacing the label by the null class
+    # transformer
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    # pixelcnn (defaults chosen so that both archs have ~0.9-1M parameters at K=512, m=7)
+    pcnn_channels: int = 64
+    pcnn_layers: int = 10
+    pcnn_kernel: int = 3
+
+    def __post_init__(self) -> None:
+        self.arch = _ARCH_ALIASES.get(self.arch.lower(), self.arch.lower())
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
+        if self.codebook_size < 2 or self.grid_size < 1:
+            raise ValueError("codebook_size must be >= 2 and grid_size >= 1")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, not {self.num_classes}")
+        if not 0.0 <= self.class_dropout <= 1.0:
+            raise ValueError(f"class_dropout must be in [0, 1], not {self.class_dropout}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.pcnn_kernel < 3 or self.pcnn_kernel % 2 == 0:
+            raise ValueError(f"pcnn_kernel must be odd and >= 3, not {self.pcnn_kernel}")
+
+    @property
+    def seq_len(self) -> int:
+        return self.grid_size * self.grid_size
+
+    @property
+    def null_class(self) -> int:
+        # For unconditional models this is 0: the single "label" that selects the learned start/bias.
+        return self.num_classes
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PriorConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def sample_from_logits(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw one index per row of logits (B, K) → (B,) int64, after temperature, top-k and top-p filtering."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, not {temperature}")
+    logits = logits.float()
+    # Subtracting the row max first keeps a tiny temperature finite: the max becomes 0 and every other
+    # logit a large negative number, so softmax tends to the argmax one-hot instead of inf/inf = nan.
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+    if top_k is not None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, not {top_k}")
+        if top_k < logits.size(-1):
+            # scatter (rather than thresholding at the k-th value) keeps exactly k tokens even with ties
+            top = torch.topk(logits, top_k, dim=-1)
+            logits = torch.full_like(logits, float("-inf")).scatter(-1, top.indices, top.values)
+    if top_p is not None:
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], not {top_p}")
+        if top_p < 1.0:
+            sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)
+            sorted_probs = sorted_logits.softmax(dim=-1)
+            mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+            # A token is dropped when the more likely tokens already reach top_p; this keeps the smallest
+            # set whose mass is >= top_p, and always the most likely token.
+            drop_sorted = mass_before >= top_p
+            drop_sorted[..., 0] = False
+            drop = drop_sorted.scatter(-1, sorted_idx, drop_sorted)  # back to vocabulary order
+            logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)  # (B, K)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
+
+
+def code_cross_entropy(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """logits (B, m·m, K) against codes (B, m, m) → mean nats per code."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), codes.reshape(-1))
+
+
+class Prior(nn.Module):
+    """Base class: logits over the next code in raster order, the training loss and sampling."""
+
+    cfg: PriorConfig
+
+    def __init__(self, cfg: PriorConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """codes (B, m, m) int64, labels (B,) or None → logits (B, m*m, K) in raster order.
+
+        logits[:, i] depends only on the codes at raster positions < i (and on the label).
+        """
+        raise NotImplementedError
+
+    def loss(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cross-entropy (nats per code) over all B·m·m codes."""
+        return code_cross_entropy(self(codes, self.training_labels(labels, codes)), codes)
+
+    def training_labels(self, labels: torch.Tensor | None, codes: torch.Tensor) -> torch.Tensor:
+        """(B,) labels for a forward pass; in training, class dropout swaps some for the null class."""
+        batch = codes.size(0)
+        labels = self.resolve_labels(labels, batch, codes.device)
+        if self.training and self.cfg.num_classes > 0 and self.cfg.class_dropout > 0:
+            drop = torch.rand(batch, device=codes.device) < self.cfg.class_dropout
+            labels = labels.masked_fill(drop, self.cfg.null_class)
+        return labels
+
+    def resolve_labels(self, labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        """(B,) int64 labels; None, and any label of an unconditional model, becomes the null class."""
+        if labels is None or self.cfg.num_classes == 0:
+            return torch.full((batch,), self.cfg.null_class, dtype=torch.long, device=device)
+        labels = torch.as_tensor(labels, dtype=torch.long, device=device)
+        return labels.expand(batch) if labels.ndim == 0 else labels
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Optimizer groups: decay weight matrices and conv kernels, not embeddings, biases or norms."""
+        embedding_weights = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        decay, no_decay = [], []
+        for param in self.parameters():
+            if not param.requires_grad:
+                continue
+            if param.ndim >= 2 and id(param) not in embedding_weights:
+                decay.append(param)
+            else:
+                no_decay.append(param)
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        labels: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        prefix: torch.Tensor | None = None,
+        prefix_len: int = 0,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Sample n grids → (n, m, m) int64 codes.
+
+        The first prefix_len raster positions of `prefix` (n, m, m) are kept and the rest sampled, which is
+        how image completion works. labels=None samples unconditionally (the null class).
+        """
+        m, seq_len = self.cfg.grid_size, self.cfg.seq_len
+        device = next(self.parameters()).device
+        if not 0 <= prefix_len <= seq_len:
+            raise ValueError(f"prefix_len must be in [0, {seq_len}], not {prefix_len}")
+        codes = torch.zeros(n, seq_len, dtype=torch.long, device=device)  # (n, T)
+        if prefix_len > 0:
+            if prefix is None or prefix.shape != (n, m, m):
+                raise ValueError(f"a prefix of shape ({n}, {m}, {m}) is needed when prefix_len > 0")
+            kept = prefix.reshape(n, seq_len)[:, :prefix_len].to(device=device, dtype=torch.long)
+            if kept.min() < 0 or kept.max() >= self.cfg.codebook_size:
+                raise ValueError(f"prefix codes must be in [0, {self.cfg.codebook_size})")
+            codes[:, :prefix_len] = kept
+        labels = self.resolve_labels(labels, n, device)
+        if labels.shape != (n,) or labels.min() < 0 or labels.max() > self.cfg.num_classes:
+            raise ValueError(f"labels must have shape ({n},) and values in [0, {self.cfg.num_classes}]")
+        draw = functools.partial(
+            sample_from_logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+        )
+        was_training = self.training
+        self.eval()  # no dropout while sampling, so cached and uncached paths agree
+        try:
+            # fp32 regardless of any surrounding autocast: low-precision logits distort the tails
+            with torch.autocast(device_type=device.type, enabled=False):
+                self._generate(codes, labels, prefix_len, draw, use_cache)
+        finally:
+            self.train(was_training)
+        return codes.view(n, m, m)
+
+    def _generate(
+        self,
+        codes: torch.Tensor,
+        labels: torch.Tensor,
+        start: int,
+        draw: Callable[[torch.Tensor], torch.Tensor],
+        use_cache: bool,
+    ) -> None:
+        """Fill codes (n, T) in place from raster position `start` on. Default: a full forward per code."""
+        n, m = codes.size(0), self.cfg.grid_size
+        for i in range(start, self.cfg.seq_len):
+            logits = self(codes.view(n, m, m), labels)  # (n, T, K)
+            codes[:, i] = draw(logits[:, i])
+
+
+def build_prior(cfg: PriorConfig) -> Prior:
+    # imported here because both architectures import `Prior` from this module
+    if cfg.arch == "pixelcnn":
+        from vqgen.priors.pixelcnn import PixelCNNPrior
+
+        return PixelCNNPrior(cfg)
+    from vqgen.priors.transformer import TransformerPrior
+
+    return TransformerPrior(cfg)
+
+
+__all__ = ["ARCHS", "Prior", "PriorConfig", "build_prior", "code_cross_entropy", "sample_from_logits"]

@@ -1,0 +1,114 @@
+"""Gated PixelCNN prior (van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders").
+
+Causality comes from shifts and one-sided padding rather than masked kernels:
+
+- the vertical stack uses a (k//2+1)×k kernel padded only above, so its output at row r sees input rows
+  ≤ r (all columns of the window); it reaches the horizontal stack only after a one-row down-shift, so
+  the horizontal stack at row r receives information from rows < r;
+- the horizontal stack uses a 1×(k//2+1) kernel padded only on the left, so it sees columns ≤ c of its
+  own row. In the first layer (mask type A) its input is shifted right by one column so the current code
+  is excluded; later layers (type B) may include column c, whose features already exclude the current code.
+
+Together the two stacks cover every earlier position within the receptive field, with no blind spot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vqgen.priors import Prior, PriorConfig
+
+
+def shift_down(x: torch.Tensor) -> torch.Tensor:
+    """Move every row one step down (row 0 becomes zeros): row r then holds what row r-1 computed."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1, :]
+
+
+def shift_right(x: torch.Tensor) -> torch.Tensor:
+    """Move every column one step right (column 0 becomes zeros)."""
+    return F.pad(x, (1, 0, 0, 0))[:, :, :, :-1]
+
+
+def gate(x: torch.Tensor) -> torch.Tensor:
+    """Gated activation tanh(a) ⊙ σ(b) over the two channel halves: (B, 2C, H, W) → (B, C, H, W)."""
+    a, b = x.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+class GatedLayer(nn.Module):
+    def __init__(self, channels: int, kernel: int, num_labels: int, first: bool):
+        super().__init__()
+        self.first = first  # mask type A: the horizontal stack must not see the current code
+        self.half = kernel // 2
+        self.v_conv = nn.Conv2d(channels, 2 * channels, (self.half + 1, kernel))
+        self.h_conv = nn.Conv2d(channels, 2 * channels, (1, self.half + 1))
+        self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.h_out = nn.Conv2d(channels, channels, 1)
+        # Class conditioning: a per-label bias inside each gated unit (the paper's V^T h with one-hot h).
+        self.v_label = nn.Embedding(num_labels, 2 * channels) if num_labels > 0 else None
+        self.h_label = nn.Embedding(num_labels, 2 * channels) if num_labels > 0 else None
+
+    def forward(self, v: torch.Tensor, h: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # v, h: (B, C, H, W); labels: (B,)
+        v_pre = self.v_conv(F.pad(v, (self.half, self.half, self.half, 0)))  # (B, 2C, H, W), rows ≤ r
+        h_in = shift_right(h) if self.first else h
+        h_pre = self.h_conv(F.pad(h_in, (self.half, 0, 0, 0)))  # (B, 2C, H, W)
+        h_pre = h_pre + self.v_to_h(shift_down(v_pre))  # vertical context from rows < r only
+        if self.v_label is not None:
+            v_pre = v_pre + self.v_label(labels)[:, :, None, None]
+            h_pre = h_pre + self.h_label(labels)[:, :, None, None]
+        v_out = gate(v_pre)  # (B, C, H, W)
+        h_out = self.h_out(gate(h_pre))  # (B, C, H, W)
+        # No residual in the first layer: h there is the embedding of the current code itself.
+        if not self.first:
+            h_out = h_out + h
+        return v_out, h_out
+
+
+class PixelCNNPrior(Prior):
+    def __init__(self, cfg: PriorConfig):
+        super().__init__(cfg)
+        channels = cfg.pcnn_channels
+        num_labels = cfg.num_classes + 1 if cfg.num_classes > 0 else 0
+        self.embed = nn.Embedding(cfg.codebook_size, channels)
+        self.layers = nn.ModuleList(
+            GatedLayer(channels, cfg.pcnn_kernel, num_labels, first=(i == 0)) for i in range(cfg.pcnn_layers)
+        )
+        self.head = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 1),
+            nn.ReLU(),
+            nn.Conv2d(channels, cfg.codebook_size, 1),
+        )
+
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        # Accepts any (B, H, W) grid, so sampling can crop to the rows that are already known.
+        batch = codes.size(0)
+        labels = self.resolve_labels(labels, batch, codes.device)
+        x = self.embed(codes).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+        v, h = x, x
+        for layer in self.layers:
+            v, h = layer(v, h, labels)
+        logits = self.head(h)  # (B, K, H, W)
+        return logits.flatten(2).transpose(1, 2)  # (B, H*W, K), raster order
+
+    def _generate(
+        self,
+        codes: torch.Tensor,
+        labels: torch.Tensor,
+        start: int,
+        draw: Callable[[torch.Tensor], torch.Tensor],
+        use_cache: bool,
+    ) -> None:
+        # No cache for a convolutional net; instead run only rows ≤ the current one, which gives the same
+        # logits because nothing looks downward.
+        n, m = codes.size(0), self.cfg.grid_size
+        grid = codes.view(n, m, m)  # shares storage with codes
+        for i in range(start, self.cfg.seq_len):
+            row = i // m
+            logits = self(grid[:, : row + 1], labels)  # (n, (row+1)*m, K)
+            codes[:, i] = draw(logits[:, i])

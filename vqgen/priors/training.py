@@ -1,0 +1,176 @@
+"""Stage two as a library: train a prior on a codes file, and load a prior run with its autoencoder."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from vqgen import checkpoint as ckpt
+from vqgen.codes import CodesFile, load_codes
+from vqgen.data import iterate_batches
+from vqgen.errors import VQGenError
+from vqgen.priors import Prior, PriorConfig, build_prior, code_cross_entropy
+from vqgen.train import (
+    Task,
+    TrainConfig,
+    fit,
+    resolve_device,
+    resumed_config,
+    seed_everything,
+    with_default_steps,
+)
+
+KIND = "prior"
+DEFAULT_STEPS = 2000
+LN2 = math.log(2)
+
+
+class PriorTask(Task):
+    kind = "train-prior"
+    unit = "code"
+
+    def __init__(self, model: Prior, codes: CodesFile, device: torch.device, ae_run: str | None = None):
+        self.model, self.codes, self.device = model, codes, device
+        self.examples_per_row = codes.grid_size**2
+        self.ae_run = ae_run
+        self.conditional = model.cfg.num_classes > 0
+
+    def num_rows(self) -> int:
+        return self.codes.train_codes.shape[0]
+
+    def step(self, model: nn.Module, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        codes = self.codes.train_codes[rows].to(self.device)  # (B, m, m)
+        labels = self.codes.train_labels[rows].to(self.device) if self.conditional else None
+        loss = _loss(model, codes, labels)
+        return loss, {"nll": loss.detach()}
+
+    def window_metrics(self, sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
+        bits = float(sums["nll"]) / steps / LN2
+        return {"bits_per_code": bits, "bits_per_image": bits * self.examples_per_row}
+
+    def progress_text(self, m: dict[str, float]) -> str:
+        return f"{m['bits_per_code']:.3f} bits/code"
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, final: bool) -> dict[str, float]:
+        limit = None if final else 2000
+        return evaluate_prior(self.model, self.codes, self.device, limit)
+
+    def preview(self, model: nn.Module, run_dir: Path, step: int) -> None:
+        if self.ae_run is None:
+            return
+        from vqgen.autoencoder import load_autoencoder
+        from vqgen.data import to_uint8
+        from vqgen.images import save_grid
+
+        ae, _ = load_autoencoder(self.ae_run, self.device)
+        n = 8 * max(1, min(self.model.cfg.num_classes, 8)) if self.conditional else 32
+        labels = torch.arange(n, device=self.device) // 8 if self.conditional else None
+        generator = torch.Generator(self.device).manual_seed(0)
+        codes = self.model.sample(n, labels=labels, generator=generator)
+        save_grid(to_uint8(ae.decode(codes)).cpu(), run_dir / "samples.png", nrow=8, scale=2)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        return self.model.param_groups(weight_decay)
+
+
+def _loss(model: nn.Module, codes: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    # Under DDP only the wrapper's forward synchronises gradients, so call it rather than `Prior.loss`.
+    inner = model.module if hasattr(model, "module") else model
+    return code_cross_entropy(model(codes, inner.training_labels(labels, codes)), codes)
+
+
+@torch.no_grad()
+def evaluate_prior(
+    model: Prior, codes: CodesFile, device: torch.device, limit: int | None = None, batch_size: int = 256
+) -> dict[str, float]:
+    """Held-out negative log-likelihood in bits per code and per image (true labels when conditional)."""
+    was_training = model.training
+    model.eval()
+    test = codes.test_codes[:limit]
+    labels = codes.test_labels[:limit] if (codes.test_labels is not None and model.cfg.num_classes > 0) else None
+    total, count = 0.0, 0
+    for start, stop in iterate_batches(len(test), batch_size):
+        batch = test[start:stop].to(device)
+        lab = labels[start:stop].to(device) if labels is not None else None
+        total += float(model.loss(batch, lab)) * (stop - start)
+        count += stop - start
+    model.train(was_training)
+    bits = total / max(count, 1) / LN2
+    return {"bits_per_code": bits, "bits_per_image": bits * codes.grid_size**2}
+
+
+def train_prior(
+    prior: PriorConfig,
+    train: TrainConfig,
+    codes_path: str | Path,
+    out: str | Path,
+    class_conditional: bool | None = None,
+    resume: bool = False,
+    force: bool = False,
+    console=None,
+) -> tuple[dict[str, float], Path]:
+    """Fit a prior to the train codes of `codes_path` in run folder `out`."""
+    run_dir = Path(out)
+    if resume:
+        ckpt.prepare_run_dir(run_dir, resume=True, force=False)
+        saved = ckpt.read_config(run_dir, KIND)
+        prior = PriorConfig.from_dict(saved["model"])
+        codes_path = saved["codes"]["path"]
+        train = resumed_config(saved["train"], train)
+    else:
+        run_dir = ckpt.prepare_run_dir(run_dir, resume=False, force=force)
+        train = with_default_steps(train, DEFAULT_STEPS)
+    codes = load_codes(codes_path)
+    has_labels = codes.train_labels is not None and codes.num_classes > 0
+    if class_conditional and not has_labels:
+        raise VQGenError(f"--class-conditional needs labels, but '{codes_path}' has none")
+    if not resume:
+        conditional = has_labels if class_conditional is None else class_conditional
+        prior.codebook_size, prior.grid_size = codes.codebook_size, codes.grid_size
+        prior.num_classes = codes.num_classes if conditional else 0
+    elif (prior.codebook_size, prior.grid_size) != (codes.codebook_size, codes.grid_size):
+        raise VQGenError(f"'{codes_path}' no longer matches the prior in '{run_dir}'; encode again or start anew")
+    device = resolve_device(train.device)
+    seed_everything(train.seed)
+    model = build_prior(prior).to(device)
+    ae_run = codes.ae_run if codes.ae_run and (Path(codes.ae_run) / ckpt.WEIGHTS).exists() else None
+    if not resume:
+        ckpt.write_config(
+            run_dir,
+            KIND,
+            {
+                "model": prior.to_dict(),
+                "train": train.to_dict(),
+                "codes": {
+                    "path": str(codes_path),
+                    "sha256": ckpt.sha256(codes_path),
+                    "dataset": codes.dataset,
+                    "class_names": codes.class_names,
+                },
+                "ae": {"run": codes.ae_run, "sha256": codes.ae_sha256},
+                "parameters": sum(p.numel() for p in model.parameters()),
+            },
+        )
+    task = PriorTask(model, codes, device, ae_run)
+    results = fit(task, train, run_dir, resume=resume, console=console)
+    return results, run_dir
+
+
+def load_prior(run: str | Path, device: torch.device | str = "cpu") -> tuple[Prior, dict]:
+    """Build the prior of a run folder from its config and load its validated weights."""
+    run_dir = Path(run)
+    config = ckpt.read_config(run_dir, KIND)
+    try:
+        cfg = PriorConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise VQGenError(f"'{run_dir / ckpt.CONFIG}' has an invalid model section ({e})") from e
+    with torch.device("meta"):
+        reference = build_prior(cfg).state_dict()
+    tensors = ckpt.load_tensors(run_dir / ckpt.WEIGHTS, expected=reference)
+    model = build_prior(cfg)
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), config

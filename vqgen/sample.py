@@ -1,0 +1,243 @@
+"""Generation: prior → codebook lookup → decoder, and completion of the lower part of given images."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vqgen import checkpoint as ckpt
+from vqgen.data import to_uint8
+from vqgen.errors import VQGenError
+from vqgen.images import save_grid, save_image
+
+
+@dataclass
+class SamplingOptions:
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    batch_size: int = 64
+    seed: int = 0
+    use_cache: bool = True
+
+    def validate(self, codebook_size: int) -> None:
+        if not self.temperature > 0:
+            raise VQGenError(f"--temperature must be > 0, not {self.temperature}")
+        if self.top_k is not None and not 1 <= self.top_k <= codebook_size:
+            raise VQGenError(f"--top-k must be between 1 and K={codebook_size}, not {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise VQGenError(f"--top-p must be in (0, 1], not {self.top_p}")
+        if self.batch_size < 1:
+            raise VQGenError(f"--batch-size must be at least 1, not {self.batch_size}")
+
+
+@dataclass
+class Pipeline:
+    prior: torch.nn.Module
+    ae: torch.nn.Module
+    config: dict  # the prior's config.json
+    device: torch.device
+    class_names: list[str] | None = field(default=None)
+
+    @property
+    def num_classes(self) -> int:
+        return self.prior.cfg.num_classes
+
+
+def load_pipeline(
+    prior_run: str | Path, device: str = "auto", ae_run: str | Path | None = None, ignore_hash: bool = False
+) -> Pipeline:
+    """The prior of a run folder and the autoencoder whose codes it learned (found from the prior's config)."""
+    from vqgen.autoencoder import load_autoencoder
+    from vqgen.priors.training import load_prior
+    from vqgen.train import resolve_device
+
+    dev = resolve_device(device)
+    prior, config = load_prior(prior_run, dev)
+    recorded = config.get("ae", {})
+    ae_dir = Path(ae_run) if ae_run is not None else Path(recorded.get("run", ""))
+    if not str(ae_dir) or not (ae_dir / ckpt.WEIGHTS).exists():
+        raise VQGenError(
+            f"the autoencoder of prior '{prior_run}' was '{ae_dir}', which has no {ckpt.WEIGHTS}; pass --ae RUN"
+        )
+    expected = recorded.get("sha256", "")
+    actual = ckpt.sha256(ae_dir / ckpt.WEIGHTS)
+    if expected and actual != expected and not ignore_hash:
+        raise VQGenError(
+            f"'{ae_dir / ckpt.WEIGHTS}' changed since prior '{Path(prior_run) / ckpt.CONFIG}' learned its codes "
+            f"(SHA-256 {actual[:12]}… ≠ recorded {expected[:12]}…); retrain the prior, or pass --ignore-hash"
+        )
+    ae, _ = load_autoencoder(ae_dir, dev)
+    if (ae.cfg.codebook_size, ae.cfg.grid_size) != (prior.cfg.codebook_size, prior.cfg.grid_size):
+        raise VQGenError(
+            f"prior '{prior_run}' models {prior.cfg.grid_size}² codes of K={prior.cfg.codebook_size} but "
+            f"autoencoder '{ae_dir}' makes {ae.cfg.grid_size}² codes of K={ae.cfg.codebook_size}"
+        )
+    names = config.get("codes", {}).get("class_names")
+    return Pipeline(prior, ae, config, dev, names if prior.cfg.num_classes else None)
+
+
+def resolve_classes(pipe: Pipeline, classes: list[str], n: int) -> tuple[torch.Tensor | None, int | None]:
+    """--class values (indices or names, or 'all') → labels (n,) and the grid's images per row."""
+    if not classes:
+        return None, None
+    if pipe.num_classes == 0:
+        raise VQGenError("--class was given but this prior is unconditional; train it with --class-conditional")
+    if classes == ["all"]:
+        per_row = math.ceil(n / pipe.num_classes)
+        return torch.arange(n) // per_row, per_row
+    ids = []
+    for c in classes:
+        if c.lstrip("-").isdigit():
+            idx = int(c)
+        elif pipe.class_names and c in pipe.class_names:
+            idx = pipe.class_names.index(c)
+        else:
+            names = f" or one of {', '.join(pipe.class_names)}" if pipe.class_names else ""
+            raise VQGenError(f"--class '{c}' is not a class index 0..{pipe.num_classes - 1}{names}")
+        if not 0 <= idx < pipe.num_classes:
+            raise VQGenError(f"--class {idx} is out of range: this prior has classes 0..{pipe.num_classes - 1}")
+        ids.append(idx)
+    return torch.tensor(ids)[torch.arange(n) % len(ids)], None
+
+
+@torch.no_grad()
+def sample_codes(
+    pipe: Pipeline,
+    n: int,
+    labels: torch.Tensor | None,
+    opts: SamplingOptions,
+    prefix: torch.Tensor | None = None,
+    prefix_len: int = 0,
+) -> torch.Tensor:
+    """n code grids (n, m, m), in batches, reproducible for a seed."""
+    opts.validate(pipe.prior.cfg.codebook_size)
+    generator = torch.Generator(pipe.device).manual_seed(opts.seed)
+    out = []
+    for start in range(0, n, opts.batch_size):
+        stop = min(n, start + opts.batch_size)
+        out.append(
+            pipe.prior.sample(
+                stop - start,
+                labels=None if labels is None else labels[start:stop].to(pipe.device),
+                temperature=opts.temperature,
+                top_k=opts.top_k,
+                top_p=opts.top_p,
+                generator=generator,
+                prefix=None if prefix is None else prefix[start:stop].to(pipe.device),
+                prefix_len=prefix_len,
+                use_cache=opts.use_cache,
+            ).cpu()
+        )
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def decode_codes(pipe: Pipeline, codes: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Code grids (N, m, m) → uint8 images (N, C, n, n)."""
+    parts = [
+        to_uint8(pipe.ae.decode(codes[i : i + batch_size].to(pipe.device))).cpu()
+        for i in range(0, len(codes), batch_size)
+    ]
+    return torch.cat(parts)
+
+
+@dataclass
+class SampleResult:
+    grid: Path
+    files: list[Path]
+    sample_seconds: float
+    decode_seconds: float
+    num_codes: int
+    codes_path: Path | None = None
+
+    @property
+    def codes_per_second(self) -> float:
+        return self.num_codes / max(self.sample_seconds, 1e-9)
+
+
+def sample(
+    pipe: Pipeline,
+    n: int,
+    out: str | Path,
+    opts: SamplingOptions,
+    classes: list[str] | None = None,
+    save_codes: bool = False,
+) -> SampleResult:
+    """Sample n images into `out`: grid.png plus 000.png, 001.png, ... (and codes.safetensors if asked)."""
+    if n < 1:
+        raise VQGenError(f"--n must be at least 1, not {n}")
+    labels, per_row = resolve_classes(pipe, classes or [], n)
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VQGenError(f"cannot create output folder '{out}' ({e.strerror}); choose another --out") from e
+    _sync(pipe.device)
+    t0 = time.perf_counter()
+    codes = sample_codes(pipe, n, labels, opts)
+    _sync(pipe.device)
+    t1 = time.perf_counter()
+    images = decode_codes(pipe, codes)
+    _sync(pipe.device)
+    t2 = time.perf_counter()
+    digits = max(3, len(str(n - 1)))
+    files = [save_image(img, out / f"{i:0{digits}d}.png") for i, img in enumerate(images)]
+    grid = save_grid(images, out / "grid.png", nrow=per_row, scale=2)
+    codes_path = None
+    if save_codes:
+        codes_path = out / "codes.safetensors"
+        tensors = {"codes": codes}
+        if labels is not None:
+            tensors["labels"] = labels
+        ckpt.save_tensors(
+            codes_path, tensors, {"kind": "vqgen-samples", "codebook_size": str(pipe.prior.cfg.codebook_size)}
+        )
+    return SampleResult(grid, files, t1 - t0, t2 - t1, codes.numel(), codes_path)
+
+
+def complete(
+    pipe: Pipeline,
+    image_paths: list[str | Path],
+    keep_rows: int,
+    n: int,
+    out: str | Path,
+    opts: SamplingOptions,
+    label: str | None = None,
+) -> Path:
+    """Keep the first `keep_rows` rows of each image's codes and sample the rest n times.
+
+    Writes one row per image: the original, the kept part (its reconstruction with the lower part greyed),
+    then the n completions.
+    """
+    from vqgen.images import load_image
+
+    cfg = pipe.ae.cfg
+    m = cfg.grid_size
+    if not 1 <= keep_rows < m:
+        raise VQGenError(f"--keep-rows must be between 1 and {m - 1} (the code grid has {m} rows), not {keep_rows}")
+    if n < 1:
+        raise VQGenError(f"--n must be at least 1, not {n}")
+    if not image_paths:
+        raise VQGenError("give at least one --image FILE")
+    originals = torch.stack([load_image(p, cfg.channels, cfg.image_size) for p in image_paths])  # (I, C, n, n)
+    from vqgen.data import to_float
+
+    codes = pipe.ae.encode(to_float(originals).to(pipe.device)).cpu()  # (I, m, m)
+    labels, _ = resolve_classes(pipe, [label] if label is not None else [], len(image_paths) * n)
+    prefix = codes.repeat_interleave(n, dim=0)  # (I·n, m, m)
+    completed = sample_codes(pipe, len(prefix), labels, opts, prefix=prefix, prefix_len=keep_rows * m)
+    kept = decode_codes(pipe, codes)
+    kept[:, :, keep_rows * cfg.downsample :, :] = 128
+    samples = decode_codes(pipe, completed).view(len(image_paths), n, *originals.shape[1:])
+    rows = [torch.cat([originals[i : i + 1], kept[i : i + 1], samples[i]]) for i in range(len(image_paths))]
+    return save_grid(torch.cat(rows), Path(out) / "completions.png", nrow=n + 2, scale=2)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

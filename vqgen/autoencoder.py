@@ -20,13 +20,14 @@ from vqgen.train import (
     resolve_device,
     resumed_config,
     seed_everything,
-    with_default_steps,
+    with_stage_defaults,
 )
 from vqgen.vqvae import VQVAE, AEConfig, reconstruction_loss
 
 KIND = "vqvae"
 EVAL_BATCH = 500
 DEFAULT_STEPS = 1500
+DEFAULT_LR = 3e-3
 
 
 @dataclass
@@ -143,7 +144,7 @@ def train_autoencoder(
         train = resumed_config(saved["train"], train)
     else:
         run_dir = ckpt.prepare_run_dir(run_dir, resume=False, force=force)
-        train = with_default_steps(train, DEFAULT_STEPS)
+        train = with_stage_defaults(train, DEFAULT_STEPS, DEFAULT_LR)
     data = data_cfg.load()
     channels, height, width = data.image_shape
     if height != width:

@@ -83,7 +83,13 @@ BatchOpt = Annotated[
     int, typer.Option("--batch-size", help="Global batch size (split across processes under torchrun).")
 ]
 LrOpt = Annotated[
-    float | None, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine).", show_default=False)
+    float | None,
+    typer.Option(
+        "--lr",
+        help="Peak learning rate of AdamW, after a 100-step warm-up and before a cosine decay to 10% "
+        "(default: 3e-3 for train-ae, 1e-3 for train-prior).",
+        show_default=False,
+    ),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: the same seed reproduces the same run.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
@@ -417,7 +423,7 @@ def train_prior_cmd(
         steps=steps,
         epochs=epochs,
         batch_size=batch_size,
-        lr=lr if lr is not None else 1e-3,
+        lr=lr,
         seed=seed,
         device=device,
         precision=precision,
@@ -536,6 +542,89 @@ def complete(
     pipe = load_pipeline(prior, device, ae, ignore_hash)
     path = run_complete(pipe, images, keep_rows, n, out, SamplingOptions(temperature, top_k, top_p, seed=seed), label)
     _console().print(f"wrote {path}")
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+
+@app.command("eval")
+def eval_cmd(
+    ae: Annotated[
+        Path | None,
+        typer.Option("--ae", help="Autoencoder run (default: the prior's, else runs/ae).", show_default=False),
+    ] = None,
+    prior: Annotated[
+        Path | None,
+        typer.Option("--prior", help="Prior run: adds held-out bits per code and sample quality.", show_default=False),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", help="Data to evaluate on (default: the autoencoder's own), as for train-ae.", show_default=False
+        ),
+    ] = None,
+    data_root: DataRootOpt = None,
+    n: Annotated[int, typer.Option("--n", help="Samples, and held-out images they are compared with.")] = 1000,
+    temperature: TemperatureOpt = 1.0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch, grids sampled at once.")] = 500,
+    train_limit: Annotated[
+        int,
+        typer.Option(
+            "--train-limit", help="Train images to encode for the unigram entropy and the memorisation check."
+        ),
+    ] = 60_000,
+    classifier_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--classifier-steps",
+            help="Steps to train the sample-quality classifier when none is cached (default: 2 epochs, at most 600).",
+            show_default=False,
+        ),
+    ] = None,
+    ignore_hash: IgnoreHashOpt = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Evaluate an autoencoder run (and a prior run with it) on the held-out split; write eval.json.
+
+    Stage one: MSE, PSNR, SSIM, codes used, perplexity. With --prior: held-out bits per code beside the unigram
+    entropy of the train codes; distinct and train-copying samples; and, for labelled data, Fréchet distances and
+    class accuracy in the features of a small classifier trained once and cached in DATA_ROOT/classifiers/.
+    eval.json goes into the prior's run folder when --prior is given, else the autoencoder's.
+    """
+    from vqgen.evaluate import EvalOptions, evaluate_run, report_rows
+
+    opts = EvalOptions(
+        n=n,
+        seed=seed,
+        batch_size=batch_size,
+        temperature=temperature,
+        train_limit=train_limit,
+        classifier_steps=classifier_steps,
+    )
+    console = _console()
+    report, path = evaluate_run(ae, prior, data, data_root, opts, device, ignore_hash, console)
+    _print_table(f"{path} ({report['data']['name']}, {report['seconds']:.0f} s)", report_rows(report), console)
+
+
+@app.command()
+def plot(
+    run: Annotated[Path, typer.Argument(help="A run folder (autoencoder or prior).")] = Path("runs/ae"),
+    n: Annotated[
+        int, typer.Option("--n", help="Held-out images to encode for the code-usage plots (autoencoder runs).")
+    ] = 5000,
+    data_root: DataRootOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Write PNGs into a run folder: training curves (curves.png); for an autoencoder also code usage sorted by
+    frequency (code_usage.png) and a 2-D PCA of the codebook coloured by usage (codebook_pca.png).
+
+    Needs matplotlib: pip install -e '.[plots]'.
+    """
+    from vqgen.plots import plot_run
+
+    paths = plot_run(run, n, device, data_root)
+    _console().print("wrote " + ", ".join(str(p) for p in paths))
 
 
 # ----------------------------------------------------------------------------------------------- entry point

@@ -65,3 +65,26 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     eig = torch.linalg.eigvals(cov_a @ cov_b).real.clamp_min(0)
     value = (mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * eig.sqrt().sum()
     return float(value.clamp_min(0))
+
+
+def grid_keys(codes: torch.Tensor) -> list[bytes]:
+    """One hashable key per code grid (N, m, m): its int64 bytes, so equal grids give equal keys."""
+    flat = codes.detach().reshape(len(codes), -1).to(torch.int64).cpu().numpy()  # (N, m·m)
+    return [row.tobytes() for row in flat]
+
+
+def distinct_fraction(codes: torch.Tensor) -> float:
+    """Fraction of distinct grids among N grids (N, m, m): 1 when all differ, 1/N when all are the same."""
+    if len(codes) == 0:
+        return 0.0
+    return len(set(grid_keys(codes))) / len(codes)
+
+
+def copy_fraction(codes: torch.Tensor, reference: torch.Tensor | set[bytes]) -> float:
+    """Fraction of grids (N, m, m) that equal some reference grid exactly (memorisation of the training set).
+
+    `reference` is the training grids (M, m, m), or a set of their `grid_keys` to reuse across calls."""
+    if len(codes) == 0:
+        return 0.0
+    seen = reference if isinstance(reference, set) else set(grid_keys(reference))
+    return sum(key in seen for key in grid_keys(codes)) / len(codes)

@@ -28,7 +28,7 @@ class TrainConfig:
     steps: int | None = None  # None: the stage's default
     epochs: float | None = None  # when set, overrides steps
     batch_size: int = 128  # the global batch: split across processes under torchrun
-    lr: float = 2e-4
+    lr: float | None = None  # None: the stage's default
     weight_decay: float = 0.0  # AdamW decay, on matrices (ndim ≥ 2) only
     warmup: int = 100
     schedule: str = "cosine"  # or "constant"
@@ -232,9 +232,12 @@ def resumed_config(saved: dict, given: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def with_default_steps(cfg: TrainConfig, steps: int) -> TrainConfig:
+def with_stage_defaults(cfg: TrainConfig, steps: int, lr: float) -> TrainConfig:
+    """Fill what the user left unset with the stage's defaults."""
     if cfg.steps is None and cfg.epochs is None:
         cfg.steps = steps
+    if cfg.lr is None:
+        cfg.lr = lr
     return cfg
 
 

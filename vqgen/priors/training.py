@@ -20,11 +20,12 @@ from vqgen.train import (
     resolve_device,
     resumed_config,
     seed_everything,
-    with_default_steps,
+    with_stage_defaults,
 )
 
 KIND = "prior"
 DEFAULT_STEPS = 2000
+DEFAULT_LR = 1e-3
 LN2 = math.log(2)
 
 
@@ -123,7 +124,7 @@ def train_prior(
         train = resumed_config(saved["train"], train)
     else:
         run_dir = ckpt.prepare_run_dir(run_dir, resume=False, force=force)
-        train = with_default_steps(train, DEFAULT_STEPS)
+        train = with_stage_defaults(train, DEFAULT_STEPS, DEFAULT_LR)
     codes = load_codes(codes_path)
     has_labels = codes.train_labels is not None and codes.num_classes > 0
     if class_conditional and not has_labels:

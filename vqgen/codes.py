@@ -158,7 +158,7 @@ def encode_dataset(
         model.cfg.grid_size,
         dataset.num_classes if dataset.train.labels is not None else 0,
         dataset.name,
-        str(Path(ae_run)),
+        str(Path(ae_run).resolve()),  # absolute: the codes file is read from other working directories
         ckpt.sha256(Path(ae_run) / ckpt.WEIGHTS),
         dataset.class_names,
     )

@@ -313,7 +313,7 @@ def evaluate_run(
     pipe = None
     if prior_run is not None:
         pipe = load_pipeline(prior_run, device, ae_run, ignore_hash)  # checks the autoencoder's hash and sizes
-        ae_dir = Path(ae_run) if ae_run is not None else Path(pipe.config.get("ae", {}).get("run", ""))
+        ae_dir = pipe.ae_dir
         model, ae_config = pipe.ae, ckpt.read_config(ae_dir, "vqvae")
     else:
         ae_dir = Path(ae_run) if ae_run is not None else Path("runs/ae")
@@ -415,7 +415,7 @@ def evaluate_run(
                 images = decode_codes(pipe, grids, opts.batch_size)  # (n, C, n, n) uint8
                 sample_feats, sample_preds = classifier_outputs(clf, images, dev, opts.batch_size)
                 test_feats, _ = classifier_outputs(clf, test.images[:n_test], dev, opts.batch_size)
-                recon_feats, _ = classifier_outputs(clf, recons, dev, opts.batch_size)
+                recon_feats, recon_preds = classifier_outputs(clf, recons, dev, opts.batch_size)
                 train_feats, _ = classifier_outputs(clf, dataset.train.images[:n_test], dev, opts.batch_size)
                 samples |= {
                     "split": "test",
@@ -427,6 +427,8 @@ def evaluate_run(
                     "fid_train_vs_test": frechet_distance(train_feats, test_feats),
                     "features": f"classifier penultimate layer ({clf.head.in_features}-d)",
                 }
+                # the ceiling of class accuracy: how often the class survives the autoencoder
+                samples["recon_class_accuracy"] = float((recon_preds == test.labels[:n_test]).double().mean())
                 if labels is not None and prior_cfg.num_classes == dataset.num_classes:
                     samples["class_accuracy"] = float((sample_preds == labels).double().mean())
             report["samples"] = samples
@@ -468,6 +470,9 @@ def report_rows(report: dict) -> dict[str, object]:
             rows[f"  noise: train images (n={s['n_test']}) vs {held_out}"] = s["fid_train_vs_test"]
         if "class_accuracy" in s:
             rows[f"samples of the asked class (n={s['n']})"] = s["class_accuracy"]
+        if "recon_class_accuracy" in s:
+            label = "  ceiling: reconstructions" if "class_accuracy" in s else "reconstructions"
+            rows[f"{label} keeping their class ({s['split']} n={s['n_test']})"] = s["recon_class_accuracy"]
         rows[f"distinct sample grids (n={s['n']})"] = s["distinct_fraction"]
         rows[f"samples copying a train grid (n={s['n']}, {s['train_grids']} train grids)"] = s["train_copy_fraction"]
     return rows

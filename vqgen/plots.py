@@ -107,7 +107,7 @@ def plot_codebook_pca(codebook: torch.Tensor, counts: torch.Tensor, path: Path, 
     ax = fig.subplots()
     if (~used).any():
         dead = coords[~used].numpy()
-        ax.scatter(dead[:, 0], dead[:, 1], marker="x", s=14, c="0.6", label=f"unused ({int((~used).sum())})")
+        ax.scatter(dead[:, 0], dead[:, 1], marker="x", s=14, c="0.4", zorder=3, label=f"unused ({int((~used).sum())})")
     live = coords[used].numpy()
     points = ax.scatter(
         live[:, 0], live[:, 1], c=counts[used].double().log10().numpy(), s=16, cmap="viridis", label="used"

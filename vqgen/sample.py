@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ class Pipeline:
     ae: torch.nn.Module
     config: dict  # the prior's config.json
     device: torch.device
+    ae_dir: Path
     class_names: list[str] | None = field(default=None)
 
     @property
@@ -59,8 +61,15 @@ def load_pipeline(
     dev = resolve_device(device)
     prior, config = load_prior(prior_run, dev)
     recorded = config.get("ae", {})
-    ae_dir = Path(ae_run) if ae_run is not None else Path(recorded.get("run", ""))
-    if not str(ae_dir) or not (ae_dir / ckpt.WEIGHTS).exists():
+    if ae_run is not None:
+        ae_dir = Path(ae_run)
+    else:
+        # beside the prior first (a copied pair of runs stays a pair), then where it was trained
+        beside = os.path.normpath(Path(prior_run) / recorded["relative"]) if recorded.get("relative") else None
+        candidates = [Path(beside)] if beside else []
+        candidates += [Path(recorded["run"])] if recorded.get("run") else []
+        ae_dir = next((p for p in candidates if (p / ckpt.WEIGHTS).exists()), Path(recorded.get("run") or "?"))
+    if not (ae_dir / ckpt.WEIGHTS).exists():
         raise VQGenError(
             f"the autoencoder of prior '{prior_run}' was '{ae_dir}', which has no {ckpt.WEIGHTS}; pass --ae RUN"
         )
@@ -78,7 +87,7 @@ def load_pipeline(
             f"autoencoder '{ae_dir}' makes {ae.cfg.grid_size}² codes of K={ae.cfg.codebook_size}"
         )
     names = config.get("codes", {}).get("class_names")
-    return Pipeline(prior, ae, config, dev, names if prior.cfg.num_classes else None)
+    return Pipeline(prior, ae, config, dev, ae_dir, names if prior.cfg.num_classes else None)
 
 
 def resolve_classes(pipe: Pipeline, classes: list[str], n: int) -> tuple[torch.Tensor | None, int | None]:

@@ -152,13 +152,23 @@ def train_prior(
                     "dataset": codes.dataset,
                     "class_names": codes.class_names,
                 },
-                "ae": {"run": codes.ae_run, "sha256": codes.ae_sha256},
+                "ae": {"run": codes.ae_run, "relative": _relative(codes.ae_run, run_dir), "sha256": codes.ae_sha256},
                 "parameters": sum(p.numel() for p in model.parameters()),
             },
         )
     task = PriorTask(model, codes, device, ae_run)
     results = fit(task, train, run_dir, resume=resume, console=console)
     return results, run_dir
+
+
+def _relative(path: str, start: Path) -> str | None:
+    """`path` relative to the run folder, so a moved pair of runs still finds each other."""
+    import os
+
+    try:
+        return os.path.relpath(path, start.resolve()) if path else None
+    except ValueError:  # another drive on Windows
+        return None
 
 
 def load_prior(run: str | Path, device: torch.device | str = "cpu") -> tuple[Prior, dict]:

@@ -1,0 +1,244 @@
+"""`vqgen eval` and `vqgen plot`: metrics on known inputs, the cached classifier, and tiny end-to-end runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from vqgen import metrics
+
+from conftest import run_cli
+
+NUMBERS = ("reconstruction", "likelihood", "samples")  # the report sections that must reproduce exactly
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    # Tiny tensors: intra-op threads only add synchronisation, and the machine is shared.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+def test_psnr_and_ssim_of_identical_images():
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert metrics.psnr_from_mse(float(metrics.image_mse(x, x).mean())) == metrics.PSNR_CAP
+    assert metrics.psnr_from_mse(0.01) == pytest.approx(20.0)
+    assert torch.allclose(metrics.ssim(x, x), torch.ones(4), atol=1e-5)
+    noisy = (x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)
+    assert float(metrics.ssim(noisy, x).max()) < 0.9
+
+
+def test_perplexity_and_entropy_of_uniform_use():
+    for k in (1, 7, 512):
+        counts = torch.full((k,), 10)
+        assert metrics.perplexity(counts) == pytest.approx(k)
+        assert metrics.entropy_bits(counts) == pytest.approx(math.log2(k), abs=1e-9)
+        assert metrics.codes_used(counts) == 1.0
+    counts = torch.zeros(64, dtype=torch.long)
+    counts[:8] = 5  # uniform over 8 of 64 codes: unused codes change neither
+    assert metrics.perplexity(counts) == pytest.approx(8)
+    assert metrics.codes_used(counts) == pytest.approx(1 / 8)
+
+
+def test_frechet_distance_is_zero_for_a_set_and_grows_with_a_shift():
+    a = torch.randn(500, 8, generator=torch.Generator().manual_seed(0))
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shifts = [0.1, 0.5, 1.0, 2.0]
+    distances = [metrics.frechet_distance(a, a + s) for s in shifts]
+    assert distances == sorted(distances) and distances[0] > 0
+    # equal covariances: only the means differ, by s in each of 8 dimensions
+    assert distances == pytest.approx([8 * s**2 for s in shifts], rel=1e-4)
+    assert metrics.frechet_distance(a, 2 * a) > metrics.frechet_distance(a, 1.5 * a) > 0
+
+
+def test_distinct_and_copy_fractions_on_a_hand_made_case():
+    train = torch.tensor([[[0, 1], [2, 3]], [[1, 1], [1, 1]]])
+    samples = torch.tensor(
+        [
+            [[0, 1], [2, 3]],  # a copy of train grid 0
+            [[0, 1], [2, 3]],  # the same copy again: not distinct
+            [[0, 2], [1, 3]],  # the same codes transposed: new
+            [[1, 1], [1, 1]],  # a copy of train grid 1
+        ],
+        dtype=torch.int16,  # storage dtypes differ from the train codes': keys must not
+    )
+    assert metrics.distinct_fraction(samples) == pytest.approx(3 / 4)
+    assert metrics.copy_fraction(samples, train) == pytest.approx(3 / 4)
+    assert metrics.copy_fraction(samples, set(metrics.grid_keys(train))) == pytest.approx(3 / 4)
+    assert metrics.copy_fraction(samples[2:3], train) == 0.0
+    assert metrics.distinct_fraction(samples[:0]) == 0.0 and metrics.copy_fraction(samples[:0], train) == 0.0
+
+
+# ----------------------------------------------------------------------------------------------- the classifier
+
+
+def _toy_data(n: int = 64):
+    """Two classes of 8×8 grey images: dark and bright, so a few steps already separate them."""
+    from vqgen.data import ImageData, Split
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 2
+    images = (labels.view(n, 1, 1, 1) * 150 + torch.randint(0, 100, (n, 1, 8, 8), generator=g)).to(torch.uint8)
+    split = Split(images, labels)
+    return ImageData("toy", split, split, 2, ["dark", "bright"])
+
+
+def test_classifier_is_cached_and_retrained_when_settings_change(tmp_path):
+    from vqgen.evaluate import classifier_path, load_or_train_classifier
+
+    data, cpu = _toy_data(), torch.device("cpu")
+    path = classifier_path(tmp_path, "toy.npz", data.image_shape)
+    assert (
+        path.parent == tmp_path / "classifiers"
+        and path.name.startswith("toy-")
+        and path.name.endswith("1x8.safetensors")
+    )
+    assert classifier_path(tmp_path, "MNIST", (1, 28, 28)).name == "mnist-1x28.safetensors"
+
+    first, info = load_or_train_classifier(data, "toy.npz", tmp_path, cpu, steps=3)
+    assert not info["cached"] and path.exists() and path.with_suffix(".json").exists()
+    again, info = load_or_train_classifier(data, "toy.npz", tmp_path, cpu, steps=3)
+    assert info["cached"]
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True))
+    _, info = load_or_train_classifier(data, "toy.npz", tmp_path, cpu, steps=4)  # other settings: retrain
+    assert not info["cached"] and json.loads(path.with_suffix(".json").read_text())["steps"] == 4
+    path.write_bytes(b"not a safetensors file")  # damaged: retrain rather than fail
+    _, info = load_or_train_classifier(data, "toy.npz", tmp_path, cpu, steps=4)
+    assert not info["cached"]
+    _, info = load_or_train_classifier(data, "toy.npz", tmp_path, cpu, steps=4)
+    assert info["cached"]
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_root):
+    """A tiny autoencoder and a tiny class-conditional prior on shapes, shared by the tests below."""
+    root = tmp_path_factory.mktemp("runs")
+    ae, codes, prior = root / "ae", root / "codes.safetensors", root / "prior"
+    tiny_ae = ("--steps", "5", "--batch-size", "16", "--hidden", "32", "--codebook-size", "32", "--device", "cpu")
+    assert run_cli("train-ae", "--out", ae, *tiny_ae).code == 0
+    assert run_cli("encode", "--ae", ae, "--out", codes, "--device", "cpu").code == 0
+    tiny_prior = ("--layers", "1", "--width", "32", "--steps", "2", "--device", "cpu")
+    assert run_cli("train-prior", "--codes", codes, "--out", prior, *tiny_prior).code == 0
+    return ae, prior
+
+
+def _eval(*args: str):
+    return run_cli("eval", "--device", "cpu", "--train-limit", "2000", "--classifier-steps", "5", *args)
+
+
+def test_eval_autoencoder_only(runs):
+    from vqgen.autoencoder import evaluate_split, load_autoencoder
+    from vqgen.data import load_data
+
+    ae, _ = runs
+    result = _eval("--ae", ae, "--n", "16")
+    assert result.code == 0, result.err
+    assert "PSNR" in result.out and "SSIM" in result.out
+    report = json.loads((ae / "eval.json").read_text())
+    assert report["kind"] == "vqgen-eval" and report["data"]["name"] == "shapes"
+    rec = report["reconstruction"]
+    assert rec["split"] == "test" and rec["n"] == 2000 and rec["codebook_size"] == 32
+    assert {"likelihood", "samples", "classifier"}.isdisjoint(report)
+    assert rec["psnr"] == pytest.approx(metrics.psnr_from_mse(rec["mse"]))
+    assert -1 <= rec["ssim"] <= 1 and 0 < rec["codes_used"] <= 1 and 1 <= rec["perplexity"] <= 32
+    # the same figures as the training loop's own held-out evaluation
+    model, _ = load_autoencoder(ae)
+    reference = evaluate_split(model, load_data("shapes").test, torch.device("cpu"))
+    assert {k: rec[k] for k in reference} == pytest.approx(reference, rel=1e-5)
+    assert not list(ae.glob(".eval.json.*"))  # written atomically: no temporary left behind
+
+
+def test_eval_with_prior_is_complete_and_reproducible(runs, data_root):
+    ae, prior = runs
+    result = _eval("--prior", prior, "--n", "32")
+    assert result.code == 0, result.err
+    assert "bits per code" in result.out and "Fréchet distance" in result.out
+    report = json.loads((prior / "eval.json").read_text())
+    assert report["runs"]["prior"]["class_conditional"] is True and report["runs"]["ae"]["run"] == str(ae)
+
+    nll = report["likelihood"]
+    assert nll["split"] == "test" and nll["n"] == 2000 and nll["labels"] == "true"
+    assert nll["bits_per_image"] == pytest.approx(nll["bits_per_code"] * 64)
+    assert 0 < nll["unigram_bits_per_code"] <= 5 and nll["unigram_split"] == "train" and nll["unigram_n"] == 2000
+    # the held-out codes are those the prior was evaluated on at the end of training
+    final = [json.loads(line) for line in (prior / "metrics.jsonl").read_text().splitlines()][-1]
+    assert nll["bits_per_code"] == pytest.approx(final["bits_per_code"], rel=1e-5)
+
+    s = report["samples"]
+    assert s["n"] == 32 and s["n_test"] == 32 and s["split"] == "test" and s["train_grids"] == 2000
+    assert s["labels"] == "cycling over 4 classes" and 0 <= s["class_accuracy"] <= 1
+    assert 0 <= s["recon_class_accuracy"] <= 1
+    assert 0 < s["distinct_fraction"] <= 1 and 0 <= s["train_copy_fraction"] <= 1
+    for key in ("fid_samples_vs_test", "fid_recon_vs_test", "fid_train_vs_test"):
+        assert s[key] >= 0 and math.isfinite(s[key])
+    clf = report["classifier"]
+    assert clf["split"] == "test" and clf["n"] == 2000 and 0 <= clf["accuracy"] <= 1 and clf["train_steps"] == 5
+    assert (data_root / "classifiers" / "shapes-3x32.safetensors").exists()
+
+    # the same seed gives the same figures (the classifier now comes from the cache)
+    assert _eval("--prior", prior, "--n", "32").code == 0
+    again = json.loads((prior / "eval.json").read_text())
+    assert again["classifier"]["cached"] is True
+    assert {k: again[k] for k in NUMBERS} == {k: report[k] for k in NUMBERS}
+    assert again["classifier"]["accuracy"] == report["classifier"]["accuracy"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--n", "1"), "--n must be at least 2"),
+        (("--ae", "no-such-run"), "does not exist"),
+        (("--train-limit", "0"), "--train-limit must be at least 1"),
+    ],
+)
+def test_eval_bad_input_is_one_line(args, message):
+    result = _eval(*args)
+    assert result.code == 2 and message in result.err
+    assert result.err.startswith("error: ") and result.err.count("\n") == 1
+
+
+def test_eval_rejects_a_prior_as_autoencoder(runs):
+    _, prior = runs
+    result = _eval("--ae", prior)
+    assert result.code == 2 and "is a prior run, not an autoencoder run" in result.err
+
+
+def test_plot_writes_pngs(runs):
+    pytest.importorskip("matplotlib")
+    ae, prior = runs
+    result = run_cli("plot", ae, "--n", "200", "--device", "cpu")
+    assert result.code == 0, result.err
+    for name in ("curves.png", "code_usage.png", "codebook_pca.png"):
+        with Image.open(ae / name) as im:
+            assert im.format == "PNG" and im.size[0] > 100
+    result = run_cli("plot", prior)
+    assert result.code == 0, result.err
+    assert (prior / "curves.png").exists() and not (prior / "code_usage.png").exists()
+
+
+def test_plot_without_matplotlib_says_how_to_install(runs, monkeypatch):
+    ae, _ = runs
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules makes `import` raise ImportError
+    result = run_cli("plot", ae)
+    assert result.code == 2
+    assert result.err.strip() == "error: matplotlib is needed for plots: pip install -e '.[plots]'"
+
+
+def test_plot_rejects_a_folder_that_is_not_a_run(tmp_path):
+    pytest.importorskip("matplotlib")
+    result = run_cli("plot", tmp_path)
+    assert result.code == 2 and "config.json" in result.err

@@ -133,7 +133,8 @@ def test_codes_file_round_trip_and_metadata(in_tmp):
     assert run_cli("encode").code == 0
     codes = load_codes("runs/codes.safetensors")
     assert codes.codebook_size == 32 and codes.grid_size == 8 and codes.dataset == "shapes"
-    assert codes.ae_run == str((in_tmp / "runs/ae").resolve()) and codes.ae_sha256 == sha256("runs/ae/model.safetensors")
+    assert codes.ae_run == str((in_tmp / "runs/ae").resolve())
+    assert codes.ae_sha256 == sha256("runs/ae/model.safetensors")
     assert codes.class_names == ["circle", "square", "triangle", "star"]
     # the codes are the autoencoder's own: re-encoding a few test images gives the same grids
     from vqgen.autoencoder import load_autoencoder

@@ -187,10 +187,10 @@ def load_autoencoder(run: str | Path, device: torch.device | str = "cpu") -> tup
     config = ckpt.read_config(run_dir, KIND)
     try:
         cfg = AEConfig.from_dict(config["model"])
-    except (KeyError, TypeError, ValueError) as e:
+        with torch.device("meta"):
+            reference = VQVAE(cfg).state_dict()  # names, shapes and dtypes only: nothing is allocated
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise VQGenError(f"'{run_dir / ckpt.CONFIG}' has an invalid model section ({e})") from e
-    with torch.device("meta"):
-        reference = VQVAE(cfg).state_dict()  # names, shapes and dtypes only: nothing is allocated
     tensors = ckpt.load_tensors(run_dir / ckpt.WEIGHTS, expected=reference)
     model = VQVAE(cfg)
     model.load_state_dict(tensors)

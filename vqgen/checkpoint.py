@@ -117,7 +117,7 @@ def read_header(path: str | Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]
         if not isinstance(meta, dict):
             raise ValueError("metadata is not a map")
         return entries, {str(k): str(v) for k, v in meta.items()}
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise VQGenError(f"'{path}' is not a valid safetensors file ({e}); it may be truncated or corrupt") from e
 
 

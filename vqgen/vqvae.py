@@ -34,6 +34,10 @@ class AEConfig:
     fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8])
 
     def __post_init__(self) -> None:
+        for name in ("image_size", "channels", "hidden", "res_blocks", "res_hidden", "embed_dim", "codebook_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (0 if name == "res_blocks" else 1):
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
         if self.downsample not in (2, 4, 8):
             raise ValueError(f"downsample must be 2, 4 or 8, not {self.downsample}")
         if self.quantizer not in QUANTIZERS:

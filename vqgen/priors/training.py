@@ -177,10 +177,10 @@ def load_prior(run: str | Path, device: torch.device | str = "cpu") -> tuple[Pri
     config = ckpt.read_config(run_dir, KIND)
     try:
         cfg = PriorConfig.from_dict(config["model"])
-    except (KeyError, TypeError, ValueError) as e:
+        with torch.device("meta"):
+            reference = build_prior(cfg).state_dict()  # names, shapes and dtypes only: nothing is allocated
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise VQGenError(f"'{run_dir / ckpt.CONFIG}' has an invalid model section ({e})") from e
-    with torch.device("meta"):
-        reference = build_prior(cfg).state_dict()
     tensors = ckpt.load_tensors(run_dir / ckpt.WEIGHTS, expected=reference)
     model = build_prior(cfg)
     model.load_state_dict(tensors)

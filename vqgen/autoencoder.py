@@ -183,19 +183,22 @@ def train_autoencoder(
 
 def load_autoencoder(run: str | Path, device: torch.device | str = "cpu") -> tuple[VQVAE, dict]:
     """Build the VQ-VAE of a run folder from its config and load its validated weights."""
-    run_dir = Path(run)
-    config = ckpt.read_config(run_dir, KIND)
-    try:
-        cfg = AEConfig.from_dict(config["model"])
-        with torch.device("meta"):
-            reference = VQVAE(cfg).state_dict()  # names, shapes and dtypes only: nothing is allocated
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-        raise VQGenError(f"'{run_dir / ckpt.CONFIG}' has an invalid model section ({e})") from e
-    tensors = ckpt.load_tensors(run_dir / ckpt.WEIGHTS, expected=reference)
-    model = VQVAE(cfg)
-    model.load_state_dict(tensors)
-    return model.to(device).eval(), config
+    return ckpt.load_model(run, KIND, lambda config: VQVAE(AEConfig.from_dict(config["model"])), device)
 
 
 def data_config_of(config: dict) -> DataConfig:
     return DataConfig(**config.get("data", {}))
+
+
+def data_for(model: VQVAE, config: dict, data: str | None = None, data_root: str | None = None) -> ImageData:
+    """The data an autoencoder run was trained on, or `data` resized to what the model expects; checked."""
+    dc = data_config_of(config)
+    if data is not None:
+        dc = DataConfig(data, data_root, model.cfg.image_size, model.cfg.channels)
+    elif data_root is not None:
+        dc.data_root = data_root
+    dataset = dc.load()
+    expected = (model.cfg.channels, model.cfg.image_size, model.cfg.image_size)
+    if dataset.image_shape != expected:
+        raise VQGenError(f"the data is {dataset.image_shape} but the autoencoder expects {expected}")
+    return dataset

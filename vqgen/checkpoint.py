@@ -222,6 +222,25 @@ def read_config(run_dir: str | Path, kind: str | None = None) -> dict:
     return config
 
 
+def load_model(run_dir: str | Path, kind: str, build, device: torch.device | str = "cpu"):
+    """Build a model of a run folder with `build(config)` and load its weights, checked against the config.
+
+    The model is first built on the meta device, which allocates nothing: its state_dict gives the names, shapes
+    and dtypes the weights file must have, before any tensor is read or allocated for real.
+    """
+    run_dir = Path(run_dir)
+    config = read_config(run_dir, kind)
+    try:
+        with torch.device("meta"):
+            reference = build(config).state_dict()
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise VQGenError(f"'{run_dir / CONFIG}' has an invalid model section ({e})") from e
+    tensors = load_tensors(run_dir / WEIGHTS, expected=reference)
+    model = build(config)
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), config
+
+
 def append_metrics(run_dir: Path, record: dict) -> None:
     # Appending a line is the one write that is not atomic by rename: a torn last line is skipped by read_metrics.
     with open(run_dir / METRICS, "a") as f:

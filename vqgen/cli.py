@@ -273,7 +273,7 @@ def reconstruct(
     device: DeviceOpt = "auto",
 ) -> None:
     """Write a grid of held-out originals over their reconstructions through the codes."""
-    from vqgen.autoencoder import DataConfig, data_config_of, load_autoencoder, save_reconstructions
+    from vqgen.autoencoder import data_for, load_autoencoder, save_reconstructions
     from vqgen.errors import VQGenError
     from vqgen.train import resolve_device
 
@@ -281,12 +281,7 @@ def reconstruct(
         raise VQGenError(f"--n must be at least 1, not {n}")
     dev = resolve_device(device)
     model, config = load_autoencoder(ae, dev)
-    dc = data_config_of(config)
-    if data is not None:
-        dc = DataConfig(data, data_root, model.cfg.image_size, model.cfg.channels)
-    elif data_root is not None:
-        dc.data_root = data_root
-    images = dc.load().test.images[:n]
+    images = data_for(model, config, data, data_root).test.images[:n]
     path = save_reconstructions(model, images, out or Path(ae) / "reconstruct.png", dev)
     _console().print(f"wrote {path}")
 

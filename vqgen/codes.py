@@ -130,22 +130,12 @@ def encode_dataset(
     console=None,
 ) -> tuple[CodesFile, dict[str, float]]:
     """Encode the train and test split of a data set (default: the one the autoencoder was trained on)."""
-    from vqgen.autoencoder import DataConfig, data_config_of, load_autoencoder
+    from vqgen.autoencoder import data_for, load_autoencoder
     from vqgen.train import make_progress, resolve_device
 
     dev = resolve_device(device)
     model, config = load_autoencoder(ae_run, dev)
-    dc = data_config_of(config)
-    if data is not None:
-        dc = DataConfig(data, data_root, model.cfg.image_size, model.cfg.channels)
-    elif data_root is not None:
-        dc.data_root = data_root
-    dataset = dc.load()
-    if dataset.image_shape != (model.cfg.channels, model.cfg.image_size, model.cfg.image_size):
-        raise VQGenError(
-            f"the data is {dataset.image_shape} but the autoencoder expects "
-            f"{(model.cfg.channels, model.cfg.image_size, model.cfg.image_size)}"
-        )
+    dataset = data_for(model, config, data, data_root)
     with make_progress(console) as progress:
         train_codes = encode_split(model, dataset.train, dev, batch_size, progress)
         test_codes = encode_split(model, dataset.test, dev, batch_size, progress)

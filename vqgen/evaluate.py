@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from vqgen import __version__
 from vqgen import checkpoint as ckpt
-from vqgen.autoencoder import DataConfig, data_config_of, load_autoencoder
+from vqgen.autoencoder import DataConfig, data_config_of, data_for, load_autoencoder
 from vqgen.codes import CodesFile, encode_split
 from vqgen.data import TORCHVISION_SETS, BatchOrder, ImageData, Split, default_root, iterate_batches, to_float, to_uint8
 from vqgen.errors import VQGenError
@@ -277,15 +277,9 @@ def reconstruction_pass(
 
 def _load_data(model: VQVAE, ae_config: dict, data: str | None, data_root: str | None) -> tuple[DataConfig, ImageData]:
     """The data to evaluate on: the autoencoder's own unless --data names another, resized to what it expects."""
-    dc = data_config_of(ae_config)
-    if data is not None:
-        dc = DataConfig(data, data_root, model.cfg.image_size, model.cfg.channels)
-    elif data_root is not None:
-        dc.data_root = data_root
-    dataset = dc.load()
-    expected = (model.cfg.channels, model.cfg.image_size, model.cfg.image_size)
-    if dataset.image_shape != expected:
-        raise VQGenError(f"the data is {dataset.image_shape} but the autoencoder expects {expected}")
+    dataset = data_for(model, ae_config, data, data_root)
+    dc = data_config_of(ae_config) if data is None else DataConfig(data, data_root)
+    dc.data_root = data_root if data_root is not None else dc.data_root
     if len(dataset.test) == 0 or len(dataset.train) == 0:
         raise VQGenError(f"data '{dataset.name}' has an empty train or test split; nothing to evaluate")
     return dc, dataset

@@ -173,15 +173,4 @@ def _relative(path: str, start: Path) -> str | None:
 
 def load_prior(run: str | Path, device: torch.device | str = "cpu") -> tuple[Prior, dict]:
     """Build the prior of a run folder from its config and load its validated weights."""
-    run_dir = Path(run)
-    config = ckpt.read_config(run_dir, KIND)
-    try:
-        cfg = PriorConfig.from_dict(config["model"])
-        with torch.device("meta"):
-            reference = build_prior(cfg).state_dict()  # names, shapes and dtypes only: nothing is allocated
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-        raise VQGenError(f"'{run_dir / ckpt.CONFIG}' has an invalid model section ({e})") from e
-    tensors = ckpt.load_tensors(run_dir / ckpt.WEIGHTS, expected=reference)
-    model = build_prior(cfg)
-    model.load_state_dict(tensors)
-    return model.to(device).eval(), config
+    return ckpt.load_model(run, KIND, lambda config: build_prior(PriorConfig.from_dict(config["model"])), device)

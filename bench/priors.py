@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 
@@ -25,7 +26,8 @@ def main() -> None:
     parser.add_argument("--name", default="priors")
     args = parser.parse_args()
     codes = REPO / "runs" / "bench" / "mnist-codes.safetensors"
-    vqgen("encode", "--ae", args.ae, "--out", codes)
+    if not codes.exists() or codes.stat().st_mtime < (Path(args.ae) / "model.safetensors").stat().st_mtime:
+        vqgen("encode", "--ae", args.ae, "--out", codes)
 
     from vqgen.codes import load_codes
     from vqgen.metrics import entropy_bits

@@ -17,9 +17,11 @@ from vqgen.train import (
     Task,
     TrainConfig,
     fit,
-    resolve_device,
+    on_main,
+    owns_process_group,
     resumed_config,
     seed_everything,
+    setup_device,
     with_stage_defaults,
 )
 from vqgen.vqvae import VQVAE, AEConfig, reconstruction_loss
@@ -60,6 +62,9 @@ class AutoencoderTask(Task):
         rec = reconstruction_loss(recon, x)
         stats = {"mse": rec.detach() / 4, "counts": vq.counts, "restarted": self._restarted()}
         return rec + vq.loss, stats
+
+    def compile_targets(self) -> list[nn.Module]:
+        return [self.model.encoder, self.model.decoder]
 
     def _restarted(self) -> torch.Tensor:
         return torch.tensor(float(getattr(self.model.quantizer, "restarted", 0)), device=self.device)
@@ -125,6 +130,7 @@ def save_reconstructions(model: VQVAE, images: torch.Tensor, path: Path, device:
 # ----------------------------------------------------------------------------------------------- run folders
 
 
+@owns_process_group
 def train_autoencoder(
     ae: AEConfig,
     train: TrainConfig,
@@ -134,7 +140,10 @@ def train_autoencoder(
     force: bool = False,
     console=None,
 ) -> tuple[dict[str, float], Path]:
-    """Train a VQ-VAE into run folder `out`; returns the final held-out metrics and the folder."""
+    """Train a VQ-VAE into run folder `out`; returns the final held-out metrics and the folder.
+
+    Under torchrun every rank calls this: only rank 0 writes into the folder, all read from it.
+    """
     run_dir = Path(out)
     if resume:
         ckpt.prepare_run_dir(run_dir, resume=True, force=False)
@@ -143,8 +152,10 @@ def train_autoencoder(
         data_cfg = DataConfig(**saved["data"])
         train = resumed_config(saved["train"], train)
     else:
-        run_dir = ckpt.prepare_run_dir(run_dir, resume=False, force=force)
         train = with_stage_defaults(train, DEFAULT_STEPS, DEFAULT_LR)
+    device, dist_info = setup_device(train)
+    if not resume:
+        run_dir = on_main(ckpt.prepare_run_dir, run_dir, resume=False, force=force)
     data = data_cfg.load()
     channels, height, width = data.image_shape
     if height != width:
@@ -155,10 +166,9 @@ def train_autoencoder(
             f"pass --image-size {((height + ae.downsample - 1) // ae.downsample) * ae.downsample}"
         )
     ae.image_size, ae.channels = height, channels
-    device = resolve_device(train.device)
     seed_everything(train.seed)
     model = VQVAE(ae).to(device)
-    if not resume:
+    if not resume and dist_info.is_main:
         ckpt.write_config(
             run_dir,
             KIND,

@@ -94,7 +94,15 @@ LrOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: the same seed reproduces the same run.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOpt = Annotated[
-    str, typer.Option("--precision", help="fp32, bf16 or fp16 autocast for the networks (quantizer stays fp32).")
+    str,
+    typer.Option(
+        "--precision",
+        help="fp32, bf16 or fp16 autocast for the networks (quantizer stays fp32; fp16 needs a GPU).",
+    ),
+]
+SamplePrecisionOpt = Annotated[
+    str,
+    typer.Option("--precision", help="fp32, bf16 or fp16 autocast for the autoencoder (the prior samples in fp32)."),
 ]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the networks (falls back if unsupported).")]
 LogEveryOpt = Annotated[int, typer.Option("--log-every", help="Steps between lines in metrics.jsonl.")]
@@ -111,7 +119,8 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing r
 def _console():
     from rich.console import Console
 
-    return Console(stderr=False)
+    # Under torchrun every rank runs the command; only rank 0 speaks (warnings, tables, progress).
+    return Console(stderr=False, quiet=os.environ.get("RANK", "0") != "0")
 
 
 def _train_config(**kwargs):
@@ -489,13 +498,14 @@ def sample(
     ae: AeOverrideOpt = None,
     ignore_hash: IgnoreHashOpt = False,
     device: DeviceOpt = "auto",
+    precision: SamplePrecisionOpt = "fp32",
 ) -> None:
     """Sample new images: prior → codebook lookup → decoder. Writes OUT/grid.png and one PNG per image."""
     from vqgen.sample import SamplingOptions, load_pipeline
     from vqgen.sample import sample as run_sample
 
     opts = SamplingOptions(temperature, top_k, top_p, batch_size, seed, use_cache=not no_cache)
-    pipe = load_pipeline(prior, device, ae, ignore_hash)
+    pipe = load_pipeline(prior, device, ae, ignore_hash, precision)
     wanted = ["all"] if classes_all else (classes or [])
     result = run_sample(pipe, n, out, opts, wanted, save_codes)
     console = _console()
@@ -526,6 +536,7 @@ def complete(
     ae: AeOverrideOpt = None,
     ignore_hash: IgnoreHashOpt = False,
     device: DeviceOpt = "auto",
+    precision: SamplePrecisionOpt = "fp32",
 ) -> None:
     """Encode images, keep their first rows of codes, let the prior sample the rest N times.
 
@@ -534,7 +545,7 @@ def complete(
     from vqgen.sample import SamplingOptions, load_pipeline
     from vqgen.sample import complete as run_complete
 
-    pipe = load_pipeline(prior, device, ae, ignore_hash)
+    pipe = load_pipeline(prior, device, ae, ignore_hash, precision)
     path = run_complete(pipe, images, keep_rows, n, out, SamplingOptions(temperature, top_k, top_p, seed=seed), label)
     _console().print(f"wrote {path}")
 

@@ -379,7 +379,7 @@ class BatchOrder:
         if batch_size % world_size:
             raise VQGenError(f"--batch-size {batch_size} is not divisible by the {world_size} processes")
         if n < batch_size:
-            batch_size = n  # a tiny data set still trains, in full batches
+            batch_size = n - n % world_size  # a tiny data set still trains, in full batches that shard evenly
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.epoch, self.position = 0, 0

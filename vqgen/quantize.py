@@ -7,8 +7,9 @@
 
 The vector quantizers pass gradients with the straight-through estimator or the rotation trick (Fifty et al.
 2024, arXiv 2410.06424), and share k-means initialisation and dead-code restarts. Distances, codebook updates and
-restarts always run in fp32, whatever autocast says. Under torch.distributed, statistics are all-reduced and
-random decisions are made on rank 0 and broadcast, so every rank holds the same codebook.
+restarts always run in fp32, whatever autocast says. Under torch.distributed, statistics are all-reduced, and
+k-means and restarts draw from the global batch (gathered from the ranks' shards), so every rank holds the same
+codebook, and the same one a single process training on the whole batch would.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vqgen.distributed import all_gather_rows, all_reduce_sum, broadcast_from_rank0, global_rows, rank_and_world
+
 
 @dataclass
 class QuantizerOutput:
@@ -27,22 +30,6 @@ class QuantizerOutput:
     indices: torch.Tensor  # (B, H, W) int64
     loss: torch.Tensor  # scalar auxiliary loss (codebook + commitment), 0 where there is none
     counts: torch.Tensor  # (K,) how often each code was chosen in this batch (this rank's share)
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if _distributed():
-        torch.distributed.all_reduce(t)
-    return t
-
-
-def broadcast_from_rank0(t: torch.Tensor) -> torch.Tensor:
-    if _distributed():
-        torch.distributed.broadcast(t, src=0)
-    return t
 
 
 def nearest_code(z_flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -193,7 +180,9 @@ class VectorQuantizer(Quantizer):
 
     @torch.no_grad()
     def _kmeans_init(self, z_flat: torch.Tensor) -> None:
-        centroids = kmeans(z_flat, self.codebook_size)
+        # k-means on the whole first global batch, run on every rank so all consume the RNG alike; rank 0's
+        # result is then broadcast in case a kernel is not bit-deterministic across processes.
+        centroids = kmeans(all_gather_rows(z_flat), self.codebook_size)
         self.set_codes(torch.arange(self.codebook_size, device=z_flat.device), broadcast_from_rank0(centroids))
         self.initialized.fill_(True)
 
@@ -210,8 +199,9 @@ class VectorQuantizer(Quantizer):
         n_dead = int(dead.sum())
         if n_dead == 0:
             return
-        pick = torch.randint(0, z_flat.shape[0], (n_dead,), device=z_flat.device)
-        vectors = broadcast_from_rank0(z_flat[pick].contiguous())
+        # Indices into the global batch, drawn alike on every rank (same RNG state): one process picks the same.
+        pick = torch.randint(0, z_flat.shape[0] * rank_and_world()[1], (n_dead,), device=z_flat.device)
+        vectors = global_rows(z_flat, pick)
         self.set_codes(dead.nonzero().squeeze(1), vectors)
         self.last_used[dead] = self.step
         self.restarted = n_dead

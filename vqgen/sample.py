@@ -44,6 +44,7 @@ class Pipeline:
     device: torch.device
     ae_dir: Path
     class_names: list[str] | None = field(default=None)
+    precision: str = "fp32"  # autocast for the autoencoder; the prior always samples in fp32
 
     @property
     def num_classes(self) -> int:
@@ -51,14 +52,19 @@ class Pipeline:
 
 
 def load_pipeline(
-    prior_run: str | Path, device: str = "auto", ae_run: str | Path | None = None, ignore_hash: bool = False
+    prior_run: str | Path,
+    device: str = "auto",
+    ae_run: str | Path | None = None,
+    ignore_hash: bool = False,
+    precision: str = "fp32",
 ) -> Pipeline:
     """The prior of a run folder and the autoencoder whose codes it learned (found from the prior's config)."""
     from vqgen.autoencoder import load_autoencoder
     from vqgen.priors.training import load_prior
-    from vqgen.train import resolve_device
+    from vqgen.train import check_precision, resolve_device
 
     dev = resolve_device(device)
+    check_precision(dev, precision)
     prior, config = load_prior(prior_run, dev)
     recorded = config.get("ae", {})
     if ae_run is not None:
@@ -87,7 +93,7 @@ def load_pipeline(
             f"autoencoder '{ae_dir}' makes {ae.cfg.grid_size}² codes of K={ae.cfg.codebook_size}"
         )
     names = config.get("codes", {}).get("class_names")
-    return Pipeline(prior, ae, config, dev, ae_dir, names if prior.cfg.num_classes else None)
+    return Pipeline(prior, ae, config, dev, ae_dir, names if prior.cfg.num_classes else None, precision)
 
 
 def resolve_classes(pipe: Pipeline, classes: list[str], n: int) -> tuple[torch.Tensor | None, int | None]:
@@ -148,10 +154,13 @@ def sample_codes(
 @torch.no_grad()
 def decode_codes(pipe: Pipeline, codes: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Code grids (N, m, m) → uint8 images (N, C, n, n)."""
-    parts = [
-        to_uint8(pipe.ae.decode(codes[i : i + batch_size].to(pipe.device))).cpu()
-        for i in range(0, len(codes), batch_size)
-    ]
+    from vqgen.train import autocast
+
+    with autocast(pipe.device, pipe.precision):
+        parts = [
+            to_uint8(pipe.ae.decode(codes[i : i + batch_size].to(pipe.device))).cpu()
+            for i in range(0, len(codes), batch_size)
+        ]
     return torch.cat(parts)
 
 
@@ -235,8 +244,10 @@ def complete(
         raise VQGenError("give at least one --image FILE")
     originals = torch.stack([load_image(p, cfg.channels, cfg.image_size) for p in image_paths])  # (I, C, n, n)
     from vqgen.data import to_float
+    from vqgen.train import autocast
 
-    codes = pipe.ae.encode(to_float(originals).to(pipe.device)).cpu()  # (I, m, m)
+    with autocast(pipe.device, pipe.precision):  # the quantizer's distances stay in fp32 regardless
+        codes = pipe.ae.encode(to_float(originals).to(pipe.device)).cpu()  # (I, m, m)
     labels, _ = resolve_classes(pipe, [label] if label is not None else [], len(image_paths) * n)
     prefix = codes.repeat_interleave(n, dim=0)  # (I·n, m, m)
     completed = sample_codes(pipe, len(prefix), labels, opts, prefix=prefix, prefix_len=keep_rows * m)

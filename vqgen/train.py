@@ -9,6 +9,7 @@ torch.distributed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -17,9 +18,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from vqgen import checkpoint as ckpt
+from vqgen.distributed import is_distributed, rank_and_world
 from vqgen.errors import TrainingInterrupted, VQGenError
 
 
@@ -76,8 +79,23 @@ def resolve_device(name: str = "auto") -> torch.device:
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def check_precision(device: torch.device, precision: str) -> None:
+    """Refuse, with the fix, a --precision the device cannot run (before any run folder is written)."""
+    if precision not in _PRECISIONS:
+        raise VQGenError(f"unknown --precision '{precision}'; use fp32, bf16 or fp16")
+    if precision == "fp32":
+        return
+    if device.type == "cpu" and precision == "fp16":
+        # CPU autocast can do fp16, but with no fp16 units it is slower than fp32 and needs loss scaling for nothing
+        raise VQGenError("--precision fp16 needs a GPU; on the CPU use --precision bf16 or fp32")
+    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise VQGenError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16; use --precision fp16 or fp32")
+    if not torch.amp.is_autocast_available(device.type):
+        raise VQGenError(f"--precision {precision} is not supported on {device.type}; use --precision fp32")
+
+
 def autocast(device: torch.device, precision: str):
-    """Autocast for the networks; the quantizer and the sampling softmax opt out and stay in fp32."""
+    """Autocast for the networks (see check_precision); the quantizer and the sampling softmax opt out, in fp32."""
     if precision not in _PRECISIONS:
         raise VQGenError(f"unknown --precision '{precision}'; use fp32, bf16 or fp16")
     dtype = _PRECISIONS[precision]
@@ -101,20 +119,83 @@ class DistInfo:
 
 
 def setup_distributed(device: torch.device) -> DistInfo:
-    """Join the process group torchrun describes (nccl on CUDA, gloo on CPU); a no-op for a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    import torch.distributed as dist
+    """Join the process group torchrun describes (nccl on CUDA, gloo on CPU); a no-op for a single process.
 
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    Idempotent: the stage entry points call it before touching the run folder, and `fit` again.
+    """
+    if is_distributed():
+        return DistInfo(dist.get_rank(), dist.get_world_size())
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return DistInfo()
+    global _CONTROL_GROUP
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # nccl uses the current device
+        dist.init_process_group("nccl")
+        _CONTROL_GROUP = dist.new_group(backend="gloo")  # small CPU-side messages without a GPU sync
+    else:
+        dist.init_process_group("gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size())
 
 
+_CONTROL_GROUP = None  # None: the default group (gloo on the CPU)
+
+
+def setup_device(cfg: TrainConfig) -> tuple[torch.device, DistInfo]:
+    """The device (this rank's GPU under torchrun), the precision checked against it, and the process group."""
+    device = resolve_device(cfg.device)
+    check_precision(device, cfg.precision)
+    return device, setup_distributed(device)
+
+
+def owns_process_group(fn):
+    """Decorate a stage entry point: a process group it created (under torchrun) is destroyed when it returns."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        global _CONTROL_GROUP
+        existed = is_distributed()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if not existed and is_distributed():
+                dist.destroy_process_group()  # the control group with it
+                _CONTROL_GROUP = None
+
+    return wrapper
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` (anything picklable) on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=_CONTROL_GROUP)
+    return box[0]
+
+
+def on_main(fn, *args, **kwargs):
+    """Run fn on rank 0 only (file-system set-up); every rank returns its result, or raises its error.
+
+    Without sharing the outcome, a refusal on rank 0 (say, the run folder exists) would leave the other ranks
+    waiting for it in their first collective.
+    """
+    result, error = None, None
+    if rank_and_world()[0] == 0:
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as e:  # shared below, then re-raised as it was on rank 0
+            error = e
+    shared_result, message = broadcast_object((result, None if error is None else str(error)))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise VQGenError(message)
+    return shared_result
+
+
 def all_reduce_(t: torch.Tensor) -> torch.Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t)
+    if is_distributed():
+        dist.all_reduce(t)
     return t
 
 
@@ -138,8 +219,16 @@ class Task:
         raise NotImplementedError
 
     def window_metrics(self, sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
-        """Turn the (all-reduced) window sums into the numbers logged to metrics.jsonl."""
+        """Turn the window sums into the numbers logged to metrics.jsonl.
+
+        Under torchrun the sums are averaged over ranks: a per-rank mean stays a mean of the global batch, and a
+        histogram (code counts) keeps its shape, which is all usage and perplexity look at.
+        """
         return {}
+
+    def compile_targets(self) -> list[nn.Module]:
+        """The networks --compile compiles: the pure tensor code, not the quantizer's collectives and branches."""
+        return [self.model]
 
     def progress_text(self, metrics: dict[str, float]) -> str:
         return ""
@@ -318,13 +407,28 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
     if resume:
         meta = load_state(run_dir, model, opt, order)
         start_step = int(meta["step"])
-    train_model: nn.Module = model
+    check_precision(device, cfg.precision)
     if cfg.compile:
-        train_model = compile_model(model, console)
+        compile_modules(task.compile_targets(), console if dist_info.is_main else None)
+    train_model: nn.Module = model
     if dist_info.world_size > 1:
+        import inspect
+
         from torch.nn.parallel import DistributedDataParallel
 
-        train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+        # DDP averages the gradients; with equal shards that is the gradient of the global batch's mean loss.
+        # Buffers (the EMA codebook, usage counters) are kept equal by the quantizer's own collectives, so DDP
+        # need not re-broadcast them before every forward (it still does once, at construction). The graph is
+        # the same in every step, but may leave a parameter out for good (a conditional PixelCNN's last vertical
+        # label bias): static_graph finds those once, where find_unused_parameters would search every step.
+        ddp_args = inspect.signature(DistributedDataParallel).parameters
+        sync_flag = "forward_sync_buffers" if "forward_sync_buffers" in ddp_args else "broadcast_buffers"  # torch<2.14
+        train_model = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            static_graph=True,
+            **{sync_flag: False},
+        )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
     main = dist_info.is_main
@@ -363,7 +467,8 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
             window_steps += 1
             done = step + 1
             if window_steps == window or done == total:
-                values = losses[:window_steps].tolist()  # the one sync per window
+                # the one sync per window; the loss is averaged over ranks so that all agree on a NaN
+                values = _mean_over_ranks(losses[:window_steps], dist_info.world_size).tolist()
                 bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
                 if bad:
                     bad_step = done - window_steps + bad[0] + 1
@@ -371,8 +476,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
                         f"the loss became {values[bad[0]]} at step {bad_step}; training stopped and the last "
                         f"checkpoint in '{run_dir}' is kept. Try a lower --lr or --precision fp32"
                     )
-                for v in sums.values():
-                    all_reduce_(v)
+                sums = {k: _mean_over_ranks(v, dist_info.world_size) for k, v in sums.items()}
                 elapsed = time.perf_counter() - window_start
                 rate = window_steps * cfg.batch_size * task.examples_per_row / max(elapsed, 1e-9)
                 metrics = {"loss": sum(values) / len(values), **task.window_metrics(sums, window_steps)}
@@ -393,9 +497,10 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
 
             if cfg.eval_every and done % cfg.eval_every == 0 and done != total:
                 _evaluate(task, model, run_dir, done, final=False, main=main)
-            if signals.caught is not None:
+            caught = _agreed_signal(signals.caught, dist_info.world_size)
+            if caught is not None:
                 checkpoint(done)
-                name = signal.Signals(signals.caught).name
+                name = signal.Signals(caught).name
                 raise TrainingInterrupted(f"{name} at step {done}/{total}: state saved in '{run_dir}'")
             if cfg.save_every and done % cfg.save_every == 0 and done != total:
                 checkpoint(done)
@@ -403,22 +508,69 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
     return _evaluate(task, model, run_dir, total, final=True, main=main)
 
 
+def _mean_over_ranks(t: torch.Tensor, world: int) -> torch.Tensor:
+    return all_reduce_(t.clone()) / world if world > 1 else t
+
+
+def _agreed_signal(caught: int | None, world: int) -> int | None:
+    """The signal any rank caught, agreed on by all in the same step, so that all stop together (or none)."""
+    if world == 1:
+        return caught
+    flag = torch.tensor([caught or 0])  # on the CPU, through the gloo control group: no GPU sync per step
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=_CONTROL_GROUP)
+    return int(flag) or None
+
+
 def _evaluate(task: Task, model: nn.Module, run_dir: Path, step: int, final: bool, main: bool) -> dict[str, float]:
-    model.eval()
-    try:
-        results = task.evaluate(model, final)
-        if main:
+    """Held-out metrics on rank 0 only, shared with the other ranks. Safe because evaluation and previews run no
+    collective (the quantizer syncs only in training mode) and draw nothing from the global RNG, whose state
+    must stay the same on every rank."""
+    results: dict[str, float] = {}
+    if main:
+        model.eval()
+        try:
+            results = task.evaluate(model, final)
             ckpt.append_metrics(run_dir, {"step": step, "split": "test", **results})
             task.preview(model, run_dir, step)
-    finally:
-        model.train()
-    return results
+        finally:
+            model.train()
+    return broadcast_object(results)
 
 
-def compile_model(model: nn.Module, console=None) -> nn.Module:
-    try:
-        return torch.compile(model)
-    except Exception as e:  # torch.compile raises many kinds of errors on unsupported set-ups
-        if console is not None:
-            console.print(f"[yellow]warning:[/] torch.compile unavailable ({e}); training without it")
-        return model
+def compile_modules(modules: list[nn.Module], console=None) -> None:
+    """torch.compile each module's training forward, in place: the state_dict keys stay as they are.
+
+    torch.compile itself never fails; a missing compiler or an unsupported op only surfaces at the first call.
+    So the first call runs inside a try, and a failure puts the eager forward back with a warning. Evaluation,
+    previews and sampling (eval mode) stay eager: their shapes differ, and recompiling for one pass costs more
+    than it saves.
+    """
+    for module in modules:
+        module.forward = _compiled_forward(module, torch.compile(module.forward), console)
+
+
+def _compiled_forward(module: nn.Module, compiled, console):
+    eager = type(module).forward
+    checked = False
+
+    def forward(*args, **kwargs):
+        nonlocal checked
+        if not module.training:
+            return eager(module, *args, **kwargs)
+        if checked:
+            return compiled(*args, **kwargs)
+        try:
+            out = compiled(*args, **kwargs)
+        except Exception as e:  # dynamo and inductor raise many kinds of errors on unsupported set-ups
+            del module.forward  # back to the class's eager forward, for good
+            if console is not None:
+                first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                console.print(
+                    f"[yellow]warning:[/] torch.compile failed for {type(module).__name__} ({first_line[:200]}); "
+                    "training it without compilation"
+                )
+            return eager(module, *args, **kwargs)
+        checked = True
+        return out
+
+    return forward

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vqgen.distributed import shard_rand
+
 ARCHS = ("transformer", "pixelcnn")
 _ARCH_ALIASES = {"pixelatt": "transformer"}
 
@@ -142,7 +144,8 @@ class Prior(nn.Module):
         batch = codes.size(0)
         labels = self.resolve_labels(labels, batch, codes.device)
         if self.training and self.cfg.num_classes > 0 and self.cfg.class_dropout > 0:
-            drop = torch.rand(batch, device=codes.device) < self.cfg.class_dropout
+            # drawn for the global batch under DDP, so N processes hide the labels one process would
+            drop = shard_rand(batch, codes.device) < self.cfg.class_dropout
             labels = labels.masked_fill(drop, self.cfg.null_class)
         return labels
 

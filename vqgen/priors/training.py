@@ -17,9 +17,11 @@ from vqgen.train import (
     Task,
     TrainConfig,
     fit,
-    resolve_device,
+    on_main,
+    owns_process_group,
     resumed_config,
     seed_everything,
+    setup_device,
     with_stage_defaults,
 )
 
@@ -104,6 +106,7 @@ def evaluate_prior(
     return {"bits_per_code": bits, "bits_per_image": bits * codes.grid_size**2}
 
 
+@owns_process_group
 def train_prior(
     prior: PriorConfig,
     train: TrainConfig,
@@ -114,7 +117,7 @@ def train_prior(
     force: bool = False,
     console=None,
 ) -> tuple[dict[str, float], Path]:
-    """Fit a prior to the train codes of `codes_path` in run folder `out`."""
+    """Fit a prior to the train codes of `codes_path` in run folder `out` (under torchrun: rank 0 writes)."""
     run_dir = Path(out)
     if resume:
         ckpt.prepare_run_dir(run_dir, resume=True, force=False)
@@ -123,8 +126,10 @@ def train_prior(
         codes_path = saved["codes"]["path"]
         train = resumed_config(saved["train"], train)
     else:
-        run_dir = ckpt.prepare_run_dir(run_dir, resume=False, force=force)
         train = with_stage_defaults(train, DEFAULT_STEPS, DEFAULT_LR)
+    device, dist_info = setup_device(train)
+    if not resume:
+        run_dir = on_main(ckpt.prepare_run_dir, run_dir, resume=False, force=force)
     codes = load_codes(codes_path)
     has_labels = codes.train_labels is not None and codes.num_classes > 0
     if class_conditional and not has_labels:
@@ -135,11 +140,10 @@ def train_prior(
         prior.num_classes = codes.num_classes if conditional else 0
     elif (prior.codebook_size, prior.grid_size) != (codes.codebook_size, codes.grid_size):
         raise VQGenError(f"'{codes_path}' no longer matches the prior in '{run_dir}'; encode again or start anew")
-    device = resolve_device(train.device)
     seed_everything(train.seed)
     model = build_prior(prior).to(device)
     ae_run = codes.ae_run if codes.ae_run and (Path(codes.ae_run) / ckpt.WEIGHTS).exists() else None
-    if not resume:
+    if not resume and dist_info.is_main:
         ckpt.write_config(
             run_dir,
             KIND,

@@ -1,0 +1,30 @@
+"""`vqgen ARGS` as torchrun runs it, plus a dump of each rank's final weights for tests/test_distributed.py.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py train-ae ...
+
+writes $VQGEN_TEST_DUMP/rank{r}.safetensors after training; the command itself is the real CLI, untouched.
+"""
+
+import os
+from pathlib import Path
+
+import vqgen.autoencoder
+import vqgen.priors.training
+from vqgen import checkpoint as ckpt
+from vqgen.cli import main
+
+
+def dumping(fit):
+    def fit_and_dump(task, *args, **kwargs):
+        results = fit(task, *args, **kwargs)
+        path = Path(os.environ["VQGEN_TEST_DUMP"]) / f"rank{os.environ.get('RANK', '0')}.safetensors"
+        ckpt.save_tensors(path, task.model.state_dict())
+        return results
+
+    return fit_and_dump
+
+
+for stage in (vqgen.autoencoder, vqgen.priors.training):
+    stage.fit = dumping(stage.fit)
+
+main()

@@ -12,6 +12,16 @@ import torch.nn.functional as F
 from vqgen.quantize import QuantizerOutput, build_quantizer
 
 QUANTIZERS = ("vq", "ema", "simvq", "simvq-diag", "fsq")
+# Upper bounds keep a damaged or hostile config.json from asking for an absurd allocation.
+_SIZE_BOUNDS = {
+    "image_size": 8192,
+    "channels": 4,
+    "hidden": 8192,
+    "res_blocks": 64,
+    "res_hidden": 8192,
+    "embed_dim": 8192,
+    "codebook_size": 1 << 20,
+}
 
 
 @dataclass
@@ -34,10 +44,11 @@ class AEConfig:
     fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8])
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "channels", "hidden", "res_blocks", "res_hidden", "embed_dim", "codebook_size"):
+        for name, upper in _SIZE_BOUNDS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or value < (0 if name == "res_blocks" else 1):
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+            lower = 0 if name == "res_blocks" else 1
+            if not isinstance(value, int) or not lower <= value <= upper:
+                raise ValueError(f"{name} must be an integer in [{lower}, {upper}], not {value!r}")
         if self.downsample not in (2, 4, 8):
             raise ValueError(f"downsample must be 2, 4 or 8, not {self.downsample}")
         if self.quantizer not in QUANTIZERS:

@@ -47,8 +47,21 @@ class PriorConfig:
         self.arch = _ARCH_ALIASES.get(self.arch.lower(), self.arch.lower())
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
-        if self.codebook_size < 2 or self.grid_size < 1:
-            raise ValueError("codebook_size must be >= 2 and grid_size >= 1")
+        # Upper bounds keep a damaged or hostile config.json from asking for an absurd allocation.
+        bounds = {
+            "codebook_size": (2, 1 << 20),
+            "grid_size": (1, 256),
+            "n_layer": (1, 256),
+            "n_head": (1, 256),
+            "n_embd": (1, 16384),
+            "pcnn_channels": (1, 16384),
+            "pcnn_layers": (1, 256),
+            "pcnn_kernel": (3, 63),
+        }
+        for name, (lower, upper) in bounds.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or not lower <= value <= upper:
+                raise ValueError(f"{name} must be an integer in [{lower}, {upper}], not {value!r}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, not {self.num_classes}")
         if not 0.0 <= self.class_dropout <= 1.0:

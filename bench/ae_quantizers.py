@@ -19,7 +19,11 @@ def main() -> None:
     parser.add_argument("--quantizers", default="ema,vq,simvq,fsq")
     parser.add_argument("--extra", default="", help="extra train-ae flags for every run")
     parser.add_argument("--name", default="ae_quantizers")
+    parser.add_argument("--reuse", action="store_true", help="keep finished runs of the same step count")
     args = parser.parse_args()
+    command = "python bench/ae_quantizers.py " + " ".join(
+        f"--{k} {shlex.quote(str(v))}" for k, v in vars(args).items() if k != "reuse"
+    )
     rows = []
     for q in args.quantizers.split(","):
         suffix = "-" + args.extra.replace(" ", "").replace("-", "") if args.extra else ""
@@ -39,13 +43,16 @@ def main() -> None:
             "--force",
             *shlex.split(args.extra),
         ]
-        seconds, _ = vqgen(*flags)
+        done = (run / "metrics.jsonl").exists() and last_metrics(run, "test").get("step") == args.steps
+        seconds = None
+        if not (args.reuse and done):
+            seconds, _ = vqgen(*flags)
         test = last_metrics(run, "test")
         row = {
             "quantizer": q,
             "extra": args.extra,
             "steps": args.steps,
-            "seconds": round(seconds, 1),
+            "seconds": None if seconds is None else round(seconds, 1),
             "img_per_s": round(mean_rate(run, "img_per_s"), 1),
             "psnr": round(test["psnr"], 2),
             "mse": test["mse"],
@@ -55,11 +62,7 @@ def main() -> None:
         }
         print(row)
         rows.append(row)
-    write_result(
-        args.name,
-        "python bench/ae_quantizers.py " + " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in vars(args).items()),
-        rows,
-    )
+        write_result(args.name, command, rows)  # after every run, so an interrupted benchmark keeps its rows
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ def main() -> None:
             arch,
             "--steps",
             "60",
+            "--batch-size",
+            "64",
             "--log-every",
             "20",
             "--eval-every",
@@ -56,7 +58,7 @@ def main() -> None:
             "--force",
         )
         codes_per_s = mean_rate(probe, "code_per_s")
-        steps_per_s = codes_per_s / (64 * m2)  # the default batch of 64 grids
+        steps_per_s = codes_per_s / (64 * m2)  # batches of 64 grids
         steps = max(100, int(args.minutes * 60 * steps_per_s))
         run = REPO / "runs" / "bench" / f"prior-{arch}"
         flags = [
@@ -67,6 +69,8 @@ def main() -> None:
             arch,
             "--steps",
             str(steps),
+            "--batch-size",
+            "64",
             "--eval-every",
             "1000",
             "--out",

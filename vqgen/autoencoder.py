@@ -28,7 +28,7 @@ from vqgen.vqvae import VQVAE, AEConfig, reconstruction_loss
 
 KIND = "vqvae"
 EVAL_BATCH = 500
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 250
 DEFAULT_LR = 3e-3
 
 

@@ -71,7 +71,8 @@ StepsOpt = Annotated[
     int | None,
     typer.Option(
         "--steps",
-        help="Optimizer steps to train (default: 1500 for train-ae, 2000 for train-prior).",
+        help="Optimizer steps to train (default: 250 for train-ae, 400 for train-prior: sized for a CPU "
+        "demo on shapes; real data wants thousands).",
         show_default=False,
     ),
 ]
@@ -393,7 +394,7 @@ def train_prior_cmd(
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW decay on weight matrices only.")] = 0.01,
     steps: StepsOpt = None,
     epochs: EpochsOpt = None,
-    batch_size: BatchOpt = 64,
+    batch_size: BatchOpt = 32,
     lr: LrOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",

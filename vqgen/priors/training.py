@@ -26,7 +26,7 @@ from vqgen.train import (
 )
 
 KIND = "prior"
-DEFAULT_STEPS = 2000
+DEFAULT_STEPS = 400
 DEFAULT_LR = 1e-3
 LN2 = math.log(2)
 

@@ -43,7 +43,7 @@ def main() -> None:
             "--force",
             *shlex.split(args.extra),
         ]
-        done = (run / "metrics.jsonl").exists() and last_metrics(run, "test").get("step") == args.steps
+        done = last_metrics(run, "test").get("step") == args.steps
         seconds = None
         if not (args.reuse and done):
             seconds, _ = vqgen(*flags)

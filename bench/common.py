@@ -48,8 +48,10 @@ def vqgen(*args: str, env: dict | None = None) -> tuple[float, str]:
 
 
 def last_metrics(run: Path, split: str) -> dict:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return next(r for r in reversed(records) if r.get("split") == split)
+    """The last metrics.jsonl record of a split; {} when there is none (yet)."""
+    path = run / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return next((r for r in reversed(records) if r.get("split") == split), {})
 
 
 def mean_rate(run: Path, key: str) -> float:

@@ -288,3 +288,49 @@ def test_sampler_refuses_changed_autoencoder(in_tmp, trained):
 def test_debug_flag_shows_traceback():
     with pytest.raises(VQGenError):
         run_cli("--debug", "encode", "--ae", "definitely/missing")
+
+
+def test_resume_with_codes_from_another_autoencoder(in_tmp, trained):
+    import shutil
+
+    shutil.copytree(trained / "runs", in_tmp / "runs")
+    flags = ("--steps", "4", "--layers", "1", "--width", "32", "--save-every", "2")
+    with_interrupt = run_cli("train-prior", *flags, "--out", "p")
+    assert with_interrupt.code == 0, with_interrupt.err
+    assert run_cli("train-ae", *AE_FLAGS, "--seed", "1", "--out", "other").code == 0
+    assert run_cli("encode", "--ae", "other", "--out", "other.safetensors").code == 0
+    result = run_cli("train-prior", "--out", "p", "--resume", "--steps", "6", "--codes", "other.safetensors")
+    assert_clean_error(result, "another autoencoder")
+    assert (
+        run_cli(
+            "train-ae",
+            "--steps",
+            "2",
+            "--batch-size",
+            "16",
+            "--hidden",
+            "32",
+            "--codebook-size",
+            "32",
+            "--downsample",
+            "8",
+            "--out",
+            "coarse",
+        ).code
+        == 0
+    )
+    assert run_cli("encode", "--ae", "coarse", "--out", "coarse.safetensors").code == 0
+    result = run_cli("train-prior", "--out", "p", "--resume", "--steps", "6", "--codes", "coarse.safetensors")
+    assert_clean_error(result, "4×4 grids")
+    assert run_cli("train-prior", "--out", "p", "--resume", "--steps", "6").code == 0
+
+
+def test_skipped_images_are_reported(in_tmp):
+    from PIL import Image
+
+    (in_tmp / "imgs").mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(in_tmp / "imgs" / f"{i}.png")
+    (in_tmp / "imgs" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    result = run_cli("train-ae", "--data", "imgs", "--steps", "1", "--codebook-size", "8", "--hidden", "32")
+    assert result.code == 0 and "skipped 1 unreadable" in result.out

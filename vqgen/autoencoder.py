@@ -157,6 +157,10 @@ def train_autoencoder(
     if not resume:
         run_dir = on_main(ckpt.prepare_run_dir, run_dir, resume=False, force=force)
     data = data_cfg.load()
+    if data.skipped and console is not None and dist_info.is_main:
+        console.print(
+            f"[yellow]skipped {data.skipped} unreadable image file(s)[/] in '{data_cfg.data}' (--strict stops instead)"
+        )
     channels, height, width = data.image_shape
     if height != width:
         raise VQGenError(f"images are {height}×{width}; vqgen needs square images: pass --image-size N")

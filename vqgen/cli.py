@@ -321,8 +321,6 @@ def info(run: Annotated[Path, typer.Argument(help="A run folder (autoencoder or 
 
 # ----------------------------------------------------------------------------------------------- stage two
 
-CodesOpt = Annotated[Path, typer.Option("--codes", help="Codes file written by `vqgen encode`.")]
-
 
 @app.command()
 def encode(
@@ -357,7 +355,15 @@ def encode(
 
 @app.command("train-prior")
 def train_prior_cmd(
-    codes: CodesOpt = Path("runs/codes.safetensors"),
+    codes: Annotated[
+        Path | None,
+        typer.Option(
+            "--codes",
+            help="Codes file written by `vqgen encode` (default: runs/codes.safetensors; with --resume, the one "
+            "the run was trained on).",
+            show_default=False,
+        ),
+    ] = None,
     arch: Annotated[
         str, typer.Option("--arch", help="transformer (PixelAtt, a causal Transformer) or pixelcnn (gated PixelCNN).")
     ] = "transformer",

@@ -28,6 +28,7 @@ from vqgen.train import (
 KIND = "prior"
 DEFAULT_STEPS = 400
 DEFAULT_LR = 1e-3
+DEFAULT_CODES = "runs/codes.safetensors"
 LN2 = math.log(2)
 
 
@@ -110,7 +111,7 @@ def evaluate_prior(
 def train_prior(
     prior: PriorConfig,
     train: TrainConfig,
-    codes_path: str | Path,
+    codes_path: str | Path | None,
     out: str | Path,
     class_conditional: bool | None = None,
     resume: bool = False,
@@ -123,9 +124,10 @@ def train_prior(
         ckpt.prepare_run_dir(run_dir, resume=True, force=False)
         saved = ckpt.read_config(run_dir, KIND)
         prior = PriorConfig.from_dict(saved["model"])
-        codes_path = saved["codes"]["path"]
+        codes_path = codes_path or saved["codes"]["path"]
         train = resumed_config(saved["train"], train)
     else:
+        codes_path = codes_path or DEFAULT_CODES
         train = with_stage_defaults(train, DEFAULT_STEPS, DEFAULT_LR)
     device, dist_info = setup_device(train)
     if not resume:
@@ -138,8 +140,8 @@ def train_prior(
         conditional = has_labels if class_conditional is None else class_conditional
         prior.codebook_size, prior.grid_size = codes.codebook_size, codes.grid_size
         prior.num_classes = codes.num_classes if conditional else 0
-    elif (prior.codebook_size, prior.grid_size) != (codes.codebook_size, codes.grid_size):
-        raise VQGenError(f"'{codes_path}' no longer matches the prior in '{run_dir}'; encode again or start anew")
+    else:
+        check_codes_match(saved, codes, codes_path, run_dir)
     seed_everything(train.seed)
     model = build_prior(prior).to(device)
     ae_run = codes.ae_run if codes.ae_run and (Path(codes.ae_run) / ckpt.WEIGHTS).exists() else None
@@ -163,6 +165,22 @@ def train_prior(
     task = PriorTask(model, codes, device, ae_run)
     results = fit(task, train, run_dir, resume=resume, console=console)
     return results, run_dir
+
+
+def check_codes_match(prior_config: dict, codes: CodesFile, codes_path: str | Path, run_dir: str | Path) -> None:
+    """A codes file used with an existing prior must have its grid, its K and its autoencoder."""
+    model = prior_config["model"]
+    if (model["codebook_size"], model["grid_size"]) != (codes.codebook_size, codes.grid_size):
+        raise VQGenError(
+            f"'{codes_path}' holds {codes.grid_size}×{codes.grid_size} grids of K={codes.codebook_size} codes, but the "
+            f"prior in '{run_dir}' models {model['grid_size']}×{model['grid_size']} grids of K={model['codebook_size']}"
+        )
+    recorded = prior_config.get("ae", {}).get("sha256")
+    if recorded and codes.ae_sha256 != recorded:
+        raise VQGenError(
+            f"'{codes_path}' was encoded by another autoencoder ({codes.ae_run}) than the prior in '{run_dir}' learned "
+            "from; encode with that autoencoder or train a new prior"
+        )
 
 
 def _relative(path: str, start: Path) -> str | None:

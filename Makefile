@@ -22,6 +22,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
+# The benchmarks behind the README's numbers (about an hour and a half on a 2-core CPU); JSON in bench/results/.
+bench: $(STAMP)
+	$(BIN)/python bench/ae_quantizers.py --quantizers ema,vq,simvq,fsq
+	$(BIN)/python bench/priors.py --ae runs/bench/ae-ema --minutes 10
+	$(BIN)/python bench/sampling.py --prior runs/bench/prior-transformer --prior runs/bench/prior-pixelcnn
+	$(BIN)/python bench/speed.py --steps 100
+
 lint: $(STAMP)
 	$(BIN)/ruff check vqgen tests bench
 

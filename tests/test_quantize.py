@@ -140,3 +140,18 @@ def test_perplexity_and_usage():
     assert math.isclose(perplexity(torch.ones(64)), 64, rel_tol=1e-6)
     assert math.isclose(perplexity(torch.tensor([5.0, 0, 0, 0])), 1.0)
     assert codes_used(torch.tensor([1, 0, 3, 0])) == 0.5
+
+
+@pytest.mark.parametrize("kind", ["vq", "ema", "simvq", "simvq-diag"])
+def test_restarts_and_kmeans_keep_backward_working(kind):
+    """Codebook edits inside the forward (k-means, restarts) must not break this step's backward pass."""
+    from vqgen.quantize import build_quantizer
+
+    torch.manual_seed(0)
+    q = build_quantizer(kind, 64, 8, restart_dead=1, kmeans_init=True)
+    for _ in range(3):
+        z = (torch.randn(2, 8, 4, 4) * 0.1 + 5).requires_grad_()  # far from most codes: many restarts
+        out = q(z)
+        (out.loss + out.quantized.square().mean()).backward()
+        assert z.grad is not None and torch.isfinite(z.grad).all()
+    assert q.restarted > 0

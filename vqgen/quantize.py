@@ -272,8 +272,11 @@ class SimVQ(VectorQuantizer):
 
     @torch.no_grad()
     def set_codes(self, idx: torch.Tensor, vectors: torch.Tensor) -> None:
-        # Restarts move the frozen rows so that (row @ W) lands on the chosen vectors.
-        self.frozen[idx] = vectors @ torch.linalg.pinv(self._map())
+        # Restarts move the frozen rows so that (row @ W) lands on the chosen vectors. A new tensor, not an
+        # in-place write: this step's codebook = frozen @ W still needs the old rows for W's gradient.
+        frozen = self.frozen.clone()
+        frozen[idx] = vectors @ torch.linalg.pinv(self._map())
+        self.frozen = frozen
 
 
 class FSQ(Quantizer):

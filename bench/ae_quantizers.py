@@ -8,6 +8,7 @@ Each run is `vqgen train-ae --data mnist --steps N --quantizer Q` with every oth
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 
 from common import REPO, SHARED, last_metrics, mean_rate, vqgen, write_result
@@ -43,11 +44,14 @@ def main() -> None:
             "--force",
             *shlex.split(args.extra),
         ]
-        done = last_metrics(run, "test").get("step") == args.steps
+        done = last_metrics(run, "test").get("step") == args.steps or (run / "eval.json").exists()
         seconds = None
         if not (args.reuse and done):
             seconds, _ = vqgen(*flags)
-        test = last_metrics(run, "test")
+        test, source = last_metrics(run, "test"), "train-ae's final evaluation"
+        if not test and (run / "eval.json").exists():
+            # the run's own final evaluation was cut off: `vqgen eval` measures the same weights on the same split
+            test, source = json.loads((run / "eval.json").read_text())["reconstruction"], "vqgen eval --ae RUN"
         row = {
             "quantizer": q,
             "extra": args.extra,
@@ -59,6 +63,7 @@ def main() -> None:
             "codes_used": round(test["codes_used"], 4),
             "perplexity": round(test["perplexity"], 1),
             "command": "vqgen " + shlex.join(flags),
+            "held_out_from": source,
         }
         print(row)
         rows.append(row)

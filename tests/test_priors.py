@@ -252,3 +252,27 @@ def test_tiny_temperature_and_top_k_1_give_argmax() -> None:
     assert torch.equal(sample_from_logits(logits, top_k=1, generator=gen), argmax)
     with pytest.raises(ValueError):
         sample_from_logits(logits, temperature=0.0)
+
+
+def test_class_layout_of_a_sample_grid() -> None:
+    from types import SimpleNamespace
+
+    from vqgen.errors import VQGenError
+    from vqgen.sample import resolve_classes
+
+    shapes = SimpleNamespace(num_classes=4, class_names=["circle", "square", "triangle", "star"])
+    # no --class: every class, two whole rows each of the square 8×8 grid
+    labels, per_row = resolve_classes(shapes, [], 64)
+    assert per_row == 8 and labels.view(8, 8)[:, 0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert (labels.view(8, 8) == labels.view(8, 8)[:, :1]).all()
+    # more classes than rows of a square grid: one row per class
+    digits = SimpleNamespace(num_classes=10, class_names=None)
+    labels, per_row = resolve_classes(digits, ["all"], 64)
+    assert per_row == 7 and sorted(set(labels.tolist())) == list(range(10))
+    assert resolve_classes(shapes, ["none"], 64) == (None, None)
+    labels, per_row = resolve_classes(shapes, ["star", "1"], 4)
+    assert labels.tolist() == [3, 1, 3, 1] and per_row is None
+    unconditional = SimpleNamespace(num_classes=0, class_names=None)
+    assert resolve_classes(unconditional, [], 64) == (None, None)
+    with pytest.raises(VQGenError, match="unconditional"):
+        resolve_classes(unconditional, ["all"], 64)

@@ -488,7 +488,8 @@ def sample(
         list[str] | None,
         typer.Option(
             "--class",
-            help="Class index or name to sample (repeatable; cycles over the values); 'all' gives one row per class.",
+            help="Class index or name to sample (repeatable; cycles over the values); 'all' (the default for a "
+            "class-conditional prior) gives rows per class, 'none' the unconditional (null-class) samples.",
             show_default=False,
         ),
     ] = None,

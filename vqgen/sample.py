@@ -97,13 +97,25 @@ def load_pipeline(
 
 
 def resolve_classes(pipe: Pipeline, classes: list[str], n: int) -> tuple[torch.Tensor | None, int | None]:
-    """--class values (indices or names, or 'all') → labels (n,) and the grid's images per row."""
-    if not classes:
+    """--class values (indices, names, 'all' or 'none') → labels (n,) and the grid's images per row.
+
+    A class-conditional prior given no --class samples every class, in rows: its null class only saw the
+    class-dropout fraction of the batches, so unconditional samples are the weaker ones ('none' asks for them).
+    """
+    if classes == ["none"]:
         return None, None
+    if not classes:
+        if pipe.num_classes == 0:
+            return None, None
+        classes = ["all"]
     if pipe.num_classes == 0:
         raise VQGenError("--class was given but this prior is unconditional; train it with --class-conditional")
     if classes == ["all"]:
-        per_row = math.ceil(n / pipe.num_classes)
+        cols = math.ceil(math.sqrt(n))
+        rows = math.ceil(n / cols)
+        if rows >= pipe.num_classes:  # a square grid with whole rows per class
+            return (torch.arange(n) // cols) * pipe.num_classes // rows, cols
+        per_row = math.ceil(n / pipe.num_classes)  # else one (longer) row per class
         return torch.arange(n) // per_row, per_row
     ids = []
     for c in classes:

@@ -15,9 +15,10 @@ import time
 from common import REPO, vqgen, write_result
 
 
-def timed_sample(prior: str, *extra: str) -> dict:
+def timed_sample(prior: str, *extra: str, out_dir: str | None = None) -> dict:
+    out_dir = out_dir or str(REPO / "runs" / "bench" / "samples")
     start = time.perf_counter()
-    _, out = vqgen("sample", "--n", "64", "--prior", prior, "--out", str(REPO / "runs" / "bench" / "samples"), *extra)
+    _, out = vqgen("sample", "--n", "64", "--prior", prior, "--out", out_dir, *extra)
     wall = time.perf_counter() - start
     match = re.search(r"sampling ([\d.]+) s \(([\d,]+) codes/s\), decoding ([\d.]+) s", out)
     sampling, rate, decoding = float(match[1]), float(match[2].replace(",", "")), float(match[3])

@@ -1,0 +1,118 @@
+"""The README's results row for one data set: both stages trained, then `vqgen eval` and a timed `sample --n 64`.
+
+    python bench/datasets.py --data fashion-mnist --ae-steps 1500 --prior-steps 1000 --prior-batch 64
+    python bench/datasets.py --data shapes            # the demo: every training flag at its default
+
+Runs go to runs/bench/<data>/{ae,codes.safetensors,prior}; `vqgen eval --prior` writes eval.json (held-out PSNR,
+codes used, bits per image, Fréchet distance of 1000 samples with its reconstruction floor, class accuracy);
+the reconstruction and sample grids are copied to docs/<data>-recon.png and docs/<data>-samples.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import time
+
+from common import REPO, SHARED, last_metrics, vqgen, write_result
+from sampling import timed_sample
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", default="shapes")
+    parser.add_argument("--ae-steps", type=int, help="train-ae --steps (default: train-ae's own)")
+    parser.add_argument("--prior-steps", type=int, help="train-prior --steps (default: train-prior's own)")
+    parser.add_argument("--prior-batch", type=int, help="train-prior --batch-size (default: train-prior's own)")
+    parser.add_argument("--ae", help="reuse this finished autoencoder run instead of training one")
+    parser.add_argument("--prior", help="reuse this finished prior run (of --ae's codes) instead of training one")
+    parser.add_argument("--reuse", action="store_true", help="keep finished runs in runs/bench/<data>/")
+    args = parser.parse_args()
+    command = "python bench/datasets.py " + " ".join(
+        f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(args).items() if v not in (None, False)
+    )
+    base = REPO / "runs" / "bench" / args.data
+    root = ["--data-root", str(SHARED)] if args.data != "shapes" else []
+    steps: dict[str, float] = {}
+
+    ae = base / "ae" if args.ae is None else REPO / args.ae
+    ae_flags = ["train-ae", "--data", args.data, *root, "--out", str(ae), "--force"]
+    ae_flags += ["--steps", str(args.ae_steps)] if args.ae_steps else []
+    if args.ae is None and not (args.reuse and (ae / "model.safetensors").exists()):
+        steps["train-ae"], _ = vqgen(*ae_flags)
+
+    codes = base / "codes.safetensors"
+    encode_flags = ["encode", "--ae", str(ae), *root, "--out", str(codes)]
+    if args.prior is None and not (args.reuse and codes.exists()):
+        steps["encode"], _ = vqgen(*encode_flags)
+
+    prior = base / "prior" if args.prior is None else REPO / args.prior
+    prior_flags = ["train-prior", "--codes", str(codes), "--out", str(prior), "--force"]
+    prior_flags += ["--steps", str(args.prior_steps)] if args.prior_steps else []
+    prior_flags += ["--batch-size", str(args.prior_batch)] if args.prior_batch else []
+    if args.prior is None and not (args.reuse and last_metrics(prior, "test")):
+        steps["train-prior"], _ = vqgen(*prior_flags)
+
+    eval_flags = ["eval", "--prior", str(prior), *root]
+    steps["eval"], _ = vqgen(*eval_flags)
+    report = json.loads((prior / "eval.json").read_text())
+
+    samples = base / "samples"
+    start = time.perf_counter()
+    timing = timed_sample(str(prior), out_dir=str(samples))
+    steps["sample"] = time.perf_counter() - start
+    # the picture: 64 samples in a square grid, or 8 per class in rows where there are more classes than rows
+    num_classes = report["data"]["num_classes"]
+    picture_n = 8 * num_classes if num_classes > 8 else 64
+    picture = base / "samples-grid"
+    vqgen("sample", "--n", str(picture_n), "--prior", str(prior), "--out", str(picture))
+
+    docs = REPO / "docs"
+    docs.mkdir(exist_ok=True)
+    shutil.copyfile(ae / "recon.png", docs / f"{args.data}-recon.png")
+    shutil.copyfile(picture / "grid.png", docs / f"{args.data}-samples.png")
+
+    rec, nll, smp = report["reconstruction"], report["likelihood"], report["samples"]
+    ae_config = json.loads((ae / "config.json").read_text())
+    prior_config = json.loads((prior / "config.json").read_text())
+    figures = {
+        "data": args.data,
+        "ae_steps": ae_config["train"]["steps"],
+        "prior_steps": prior_config["train"]["steps"],
+        "prior_batch": prior_config["train"]["batch_size"],
+        "psnr": round(rec["psnr"], 2),
+        "ssim": round(rec["ssim"], 4),
+        "codes_used": round(rec["codes_used"], 4),
+        "perplexity": round(rec["perplexity"], 1),
+        "codebook_size": rec["codebook_size"],
+        "held_out_images": rec["n"],
+        "bits_per_code": round(nll["bits_per_code"], 3),
+        "bits_per_image": round(nll["bits_per_image"], 1),
+        "unigram_bits_per_image": round(nll["unigram_bits_per_image"], 1),
+        "samples": smp["n"],
+        "fid_samples": round(smp.get("fid_samples_vs_test", float("nan")), 2),
+        "fid_recon_floor": round(smp.get("fid_recon_vs_test", float("nan")), 2),
+        "fid_train_vs_test": round(smp.get("fid_train_vs_test", float("nan")), 2),
+        "class_accuracy": smp.get("class_accuracy"),
+        "recon_class_accuracy": smp.get("recon_class_accuracy"),
+        "classifier_test_accuracy": report.get("classifier", {}).get("accuracy"),
+        "distinct_fraction": smp["distinct_fraction"],
+        "train_copy_fraction": smp["train_copy_fraction"],
+        "sample_n64": timing,
+        "wall_seconds": {k: round(v, 1) for k, v in steps.items()},
+        "commands": [
+            "vqgen " + shlex.join(ae_flags) if args.ae is None else f"(reused {args.ae})",
+            "vqgen " + shlex.join(encode_flags) if args.prior is None else "",
+            "vqgen " + shlex.join(prior_flags) if args.prior is None else f"(reused {args.prior})",
+            "vqgen " + shlex.join(eval_flags),
+            f"vqgen sample --n 64 --prior {prior} --out {samples}",
+            f"vqgen sample --n {picture_n} --prior {prior} --out {picture}",
+        ],
+    }
+    write_result(f"dataset-{args.data}", command, figures)
+
+
+if __name__ == "__main__":
+    main()

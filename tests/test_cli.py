@@ -54,6 +54,7 @@ def test_pipeline_with_no_flags(in_tmp, tiny_defaults):
     codes = load_codes(in_tmp / "runs" / "codes.safetensors")
     assert codes.train_codes.shape == (20_000, 8, 8) and codes.test_codes.shape == (2_000, 8, 8)
     assert codes.num_classes == 4 and codes.train_labels is not None
+    assert codes.codebook_size == 64  # the built-in shapes default
 
     result = run_cli("train-prior")
     assert result.code == 0, result.err

@@ -30,6 +30,15 @@ KIND = "vqvae"
 EVAL_BATCH = 500
 DEFAULT_STEPS = 250
 DEFAULT_LR = 3e-3
+DEFAULT_CODEBOOK_SIZE = 512
+# shapes is 12 flat colours and their edges: 64 codes lose 0.4 dB against 512 after the demo's 250 steps, and the
+# prior's task shrinks (held-out 1.47 instead of 2.15 bits per code after 400 steps).
+DATASET_CODEBOOK_SIZE = {"shapes": 64}
+
+
+def default_codebook_size(data: str) -> int:
+    """K when --codebook-size is not given: 512, or a smaller codebook for the built-in shapes."""
+    return DATASET_CODEBOOK_SIZE.get(data.strip().lower(), DEFAULT_CODEBOOK_SIZE)
 
 
 @dataclass

@@ -164,8 +164,13 @@ def train_ae(
         ),
     ] = "ema",
     codebook_size: Annotated[
-        int, typer.Option("--codebook-size", help="K, the number of codes (ignored by fsq).")
-    ] = 512,
+        int | None,
+        typer.Option(
+            "--codebook-size",
+            help="K, the number of codes (ignored by fsq). Default 512, or 64 for the built-in shapes.",
+            show_default=False,
+        ),
+    ] = None,
     embed_dim: Annotated[int, typer.Option("--embed-dim", help="D, the dimension of each code vector.")] = 64,
     hidden: Annotated[int, typer.Option("--hidden", help="Channels of the encoder/decoder.")] = 128,
     res_blocks: Annotated[int, typer.Option("--res-blocks", help="Residual blocks in encoder and decoder.")] = 2,
@@ -221,7 +226,7 @@ def train_ae(
     Writes config.json, model.safetensors, state.safetensors (for --resume), metrics.jsonl and recon.png
     into --out, then prints held-out MSE, PSNR, codes used and perplexity.
     """
-    from vqgen.autoencoder import DataConfig, train_autoencoder
+    from vqgen.autoencoder import DataConfig, default_codebook_size, train_autoencoder
     from vqgen.errors import VQGenError
     from vqgen.vqvae import AEConfig
 
@@ -232,7 +237,7 @@ def train_ae(
             res_blocks=res_blocks,
             downsample=downsample,
             embed_dim=embed_dim,
-            codebook_size=codebook_size,
+            codebook_size=codebook_size if codebook_size is not None else default_codebook_size(data),
             quantizer=quantizer,
             beta=beta,
             commitment=0.25 * beta if commitment is None else commitment,

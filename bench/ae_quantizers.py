@@ -28,6 +28,7 @@ def main() -> None:
     rows = []
     for q in args.quantizers.split(","):
         suffix = "-" + args.extra.replace(" ", "").replace("-", "") if args.extra else ""
+        suffix += f"-{args.steps}" if args.steps != 1500 else ""  # never overwrite the 1500-step runs
         run = REPO / "runs" / "bench" / f"ae-{q}{suffix}"
         flags = [
             "train-ae",

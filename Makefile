@@ -22,12 +22,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
-# The benchmarks behind the README's numbers (about an hour and a half on a 2-core CPU); JSON in bench/results/.
+# The benchmarks behind the README's numbers (about three hours on a 2-core CPU); JSON in bench/results/.
 bench: $(STAMP)
 	$(BIN)/python bench/ae_quantizers.py --quantizers ema,vq,simvq,fsq
+	$(BIN)/python bench/ae_quantizers.py --steps 500 --quantizers ema,vq,simvq --name ae_quantizers-500
+	$(BIN)/python bench/ae_quantizers.py --steps 500 --quantizers ema,vq,simvq --extra "--restart-dead 0" --name ae_quantizers-500-no-restarts
+	$(BIN)/python bench/ae_quantizers.py --steps 500 --quantizers ema,vq,simvq --extra "--grad rotation" --name ae_quantizers-500-rotation
 	$(BIN)/python bench/priors.py --ae runs/bench/ae-ema --minutes 10
 	$(BIN)/python bench/sampling.py --prior runs/bench/prior-transformer --prior runs/bench/prior-pixelcnn
 	$(BIN)/python bench/speed.py --steps 100
+	$(BIN)/python bench/datasets.py --data mnist --ae runs/bench/ae-ema --prior runs/bench/prior-transformer
+	$(BIN)/python bench/datasets.py --data fashion-mnist --ae-steps 1500 --prior-steps 729 --prior-batch 64
+	$(BIN)/python bench/datasets.py --data shapes
 
 lint: $(STAMP)
 	$(BIN)/ruff check vqgen tests bench

@@ -33,7 +33,9 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep finished runs in runs/bench/<data>/")
     args = parser.parse_args()
     command = "python bench/datasets.py " + " ".join(
-        f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(args).items() if v not in (None, False)
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {shlex.quote(str(v))}")
+        for k, v in vars(args).items()
+        if v not in (None, False)
     )
     os.chdir(REPO)  # relative paths, so the recorded commands run from any checkout
     base = Path("runs") / "bench" / args.data

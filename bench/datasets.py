@@ -24,7 +24,7 @@ from sampling import timed_sample
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", default="shapes")
+    parser.add_argument("--data", default="shapes", help="data set name, as for vqgen train-ae --data")
     parser.add_argument("--ae-steps", type=int, help="train-ae --steps (default: train-ae's own)")
     parser.add_argument("--prior-steps", type=int, help="train-prior --steps (default: train-prior's own)")
     parser.add_argument("--prior-batch", type=int, help="train-prior --batch-size (default: train-prior's own)")

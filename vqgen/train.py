@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from vqgen import checkpoint as ckpt
-from vqgen.distributed import is_distributed, rank_and_world
+from vqgen.distributed import all_reduce_sum, is_distributed, rank_and_world
 from vqgen.errors import TrainingInterrupted, VQGenError
 
 
@@ -191,12 +191,6 @@ def on_main(fn, *args, **kwargs):
     if message is not None:
         raise VQGenError(message)
     return shared_result
-
-
-def all_reduce_(t: torch.Tensor) -> torch.Tensor:
-    if is_distributed():
-        dist.all_reduce(t)
-    return t
 
 
 # ----------------------------------------------------------------------------------------------- the task interface
@@ -509,7 +503,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
 
 
 def _mean_over_ranks(t: torch.Tensor, world: int) -> torch.Tensor:
-    return all_reduce_(t.clone()) / world if world > 1 else t
+    return all_reduce_sum(t.clone()) / world if world > 1 else t
 
 
 def _agreed_signal(caught: int | None, world: int) -> int | None:

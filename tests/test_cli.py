@@ -16,11 +16,11 @@ SMALL_AE = ("--hidden", "32", "--embed-dim", "16", "--codebook-size", "32", "--b
 @pytest.fixture
 def tiny_defaults(monkeypatch):
     """Shrink only the default step counts, so the commands below run with no flags at all."""
-    import vqgen.autoencoder
-    import vqgen.priors.training
+    import dataclasses
 
-    monkeypatch.setattr(vqgen.autoencoder, "DEFAULT_STEPS", 12)
-    monkeypatch.setattr(vqgen.priors.training, "DEFAULT_STEPS", 12)
+    from vqgen.presets import PRESETS
+
+    monkeypatch.setitem(PRESETS, "shapes", dataclasses.replace(PRESETS["shapes"], ae_steps=12, prior_steps=12))
 
 
 def test_help_does_not_import_torch():
@@ -39,6 +39,9 @@ def test_pipeline_with_no_flags(in_tmp, tiny_defaults):
         assert (run / name).exists(), name
     config = json.loads((run / "config.json").read_text())
     assert config["kind"] == "vqvae" and config["model"]["image_size"] == 32
+    # the demo's preset for shapes, not the generic defaults
+    assert config["model"]["hidden"] == 64 and config["model"]["codebook_size"] == 64
+    assert config["train"]["steps"] == 12 and config["train"]["batch_size"] == 32
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     test = records[-1]
     assert test["split"] == "test" and {"mse", "psnr", "codes_used", "perplexity"} <= set(test)
@@ -59,6 +62,9 @@ def test_pipeline_with_no_flags(in_tmp, tiny_defaults):
     result = run_cli("train-prior")
     assert result.code == 0, result.err
     assert (in_tmp / "runs" / "prior" / "samples.png").exists()
+    config = json.loads((in_tmp / "runs" / "prior" / "config.json").read_text())
+    assert (config["model"]["n_layer"], config["model"]["n_embd"]) == (4, 64)
+    assert config["train"]["batch_size"] == 32 and config["train"]["lr"] == 3e-3
 
     result = run_cli("sample", "--n", "64")
     assert result.code == 0, result.err

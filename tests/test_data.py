@@ -17,7 +17,8 @@ def test_shapes_are_deterministic_and_labelled():
     assert np.array_equal(a, b) and np.array_equal(la, lb)
     assert not np.array_equal(a, c)
     assert set(la.tolist()) <= {0, 1, 2, 3}
-    # a contrasting background: every image has a real spread of brightness
+    # one white background, and every fill stands out from it
+    assert (a[:, [0, 0, -1, -1], [0, -1, 0, -1]] == 255).all()
     lum = a.astype(float) @ np.array([0.299, 0.587, 0.114])
     assert (lum.reshape(40, -1).max(1) - lum.reshape(40, -1).min(1) > 60).all()
 

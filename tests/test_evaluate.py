@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from vqgen import metrics
+from vqgen.data import SHAPES_VERSION
 
 from conftest import run_cli
 
@@ -186,7 +187,7 @@ def test_eval_with_prior_is_complete_and_reproducible(runs, data_root):
         assert s[key] >= 0 and math.isfinite(s[key])
     clf = report["classifier"]
     assert clf["split"] == "test" and clf["n"] == 2000 and 0 <= clf["accuracy"] <= 1 and clf["train_steps"] == 5
-    assert (data_root / "classifiers" / "shapes-3x32.safetensors").exists()
+    assert (data_root / "classifiers" / f"shapes-v{SHAPES_VERSION}-3x32.safetensors").exists()
 
     # the same seed gives the same figures (the classifier now comes from the cache)
     assert _eval("--prior", prior, "--n", "32").code == 0

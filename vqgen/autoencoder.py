@@ -13,6 +13,7 @@ from vqgen.data import ImageData, Split, iterate_batches, load_data, to_float, t
 from vqgen.errors import VQGenError
 from vqgen.images import save_grid
 from vqgen.metrics import codes_used, image_mse, perplexity, psnr_from_mse
+from vqgen.presets import preset_for
 from vqgen.train import (
     Task,
     TrainConfig,
@@ -28,17 +29,6 @@ from vqgen.vqvae import VQVAE, AEConfig, reconstruction_loss
 
 KIND = "vqvae"
 EVAL_BATCH = 500
-DEFAULT_STEPS = 250
-DEFAULT_LR = 3e-3
-DEFAULT_CODEBOOK_SIZE = 512
-# shapes is 12 flat colours and their edges: 64 codes lose 0.4 dB against 512 after the demo's 250 steps, and the
-# prior's task shrinks (held-out 1.47 instead of 2.15 bits per code after 400 steps).
-DATASET_CODEBOOK_SIZE = {"shapes": 64}
-
-
-def default_codebook_size(data: str) -> int:
-    """K when --codebook-size is not given: 512, or a smaller codebook for the built-in shapes."""
-    return DATASET_CODEBOOK_SIZE.get(data.strip().lower(), DEFAULT_CODEBOOK_SIZE)
 
 
 @dataclass
@@ -161,7 +151,8 @@ def train_autoencoder(
         data_cfg = DataConfig(**saved["data"])
         train = resumed_config(saved["train"], train)
     else:
-        train = with_stage_defaults(train, DEFAULT_STEPS, DEFAULT_LR)
+        preset = preset_for(data_cfg.data)
+        train = with_stage_defaults(train, preset.ae_steps, preset.ae_lr, preset.ae_batch_size)
     device, dist_info = setup_device(train)
     if not resume:
         run_dir = on_main(ckpt.prepare_run_dir, run_dir, resume=False, force=force)

@@ -71,8 +71,8 @@ StepsOpt = Annotated[
     int | None,
     typer.Option(
         "--steps",
-        help="Optimizer steps to train (default: 250 for train-ae, 400 for train-prior: sized for a CPU "
-        "demo on shapes; real data wants thousands).",
+        help="Optimizer steps to train (default: 250 for train-ae, 400 for train-prior; 1200 each on the "
+        "built-in shapes, sized for a 5-minute CPU demo; real data wants thousands).",
         show_default=False,
     ),
 ]
@@ -81,14 +81,20 @@ EpochsOpt = Annotated[
     typer.Option("--epochs", help="Train for this many passes over the data instead of --steps.", show_default=False),
 ]
 BatchOpt = Annotated[
-    int, typer.Option("--batch-size", help="Global batch size (split across processes under torchrun).")
+    int | None,
+    typer.Option(
+        "--batch-size",
+        help="Global batch size, split across processes under torchrun (default: 128 for train-ae, 32 on "
+        "shapes; 32 for train-prior).",
+        show_default=False,
+    ),
 ]
 LrOpt = Annotated[
     float | None,
     typer.Option(
         "--lr",
         help="Peak learning rate of AdamW, after a 100-step warm-up and before a cosine decay to 10% "
-        "(default: 3e-3 for train-ae, 1e-3 for train-prior).",
+        "(default: 3e-3 for train-ae; 1e-3 for train-prior, 3e-3 on shapes).",
         show_default=False,
     ),
 ]
@@ -172,7 +178,12 @@ def train_ae(
         ),
     ] = None,
     embed_dim: Annotated[int, typer.Option("--embed-dim", help="D, the dimension of each code vector.")] = 64,
-    hidden: Annotated[int, typer.Option("--hidden", help="Channels of the encoder/decoder.")] = 128,
+    hidden: Annotated[
+        int | None,
+        typer.Option(
+            "--hidden", help="Channels of the encoder/decoder (default 128, 64 on shapes).", show_default=False
+        ),
+    ] = None,
     res_blocks: Annotated[int, typer.Option("--res-blocks", help="Residual blocks in encoder and decoder.")] = 2,
     downsample: Annotated[int, typer.Option("--downsample", help="n/m: 2, 4 or 8 (an n×n image → m×m codes).")] = 4,
     beta: Annotated[
@@ -209,7 +220,7 @@ def train_ae(
     ] = "8,8,8",
     steps: StepsOpt = None,
     epochs: EpochsOpt = None,
-    batch_size: BatchOpt = 128,
+    batch_size: BatchOpt = None,
     lr: LrOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -226,18 +237,20 @@ def train_ae(
     Writes config.json, model.safetensors, state.safetensors (for --resume), metrics.jsonl and recon.png
     into --out, then prints held-out MSE, PSNR, codes used and perplexity.
     """
-    from vqgen.autoencoder import DataConfig, default_codebook_size, train_autoencoder
+    from vqgen.autoencoder import DataConfig, train_autoencoder
     from vqgen.errors import VQGenError
+    from vqgen.presets import preset_for
     from vqgen.vqvae import AEConfig
 
+    preset = preset_for(data)
     try:
         levels = [int(v) for v in fsq_levels.split(",") if v.strip()]
         ae = AEConfig(
-            hidden=hidden,
+            hidden=preset.ae_hidden if hidden is None else hidden,
             res_blocks=res_blocks,
             downsample=downsample,
             embed_dim=embed_dim,
-            codebook_size=codebook_size if codebook_size is not None else default_codebook_size(data),
+            codebook_size=preset.codebook_size if codebook_size is None else codebook_size,
             quantizer=quantizer,
             beta=beta,
             commitment=0.25 * beta if commitment is None else commitment,
@@ -397,7 +410,9 @@ def train_prior_cmd(
     width: Annotated[
         int | None,
         typer.Option(
-            "--width", help="Transformer embedding width / PixelCNN channels (default 128 / 64).", show_default=False
+            "--width",
+            help="Transformer embedding width / PixelCNN channels (default 128, 64 on shapes / 64).",
+            show_default=False,
         ),
     ] = None,
     heads: Annotated[int, typer.Option("--heads", help="Attention heads (transformer).")] = 4,
@@ -405,7 +420,7 @@ def train_prior_cmd(
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW decay on weight matrices only.")] = 0.01,
     steps: StepsOpt = None,
     epochs: EpochsOpt = None,
-    batch_size: BatchOpt = 32,
+    batch_size: BatchOpt = None,
     lr: LrOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -427,12 +442,7 @@ def train_prior_cmd(
     from vqgen.priors.training import train_prior
 
     try:
-        prior = PriorConfig(arch=arch, class_dropout=class_dropout, n_head=heads, dropout=dropout)
-        if prior.arch == "transformer":
-            prior.n_layer, prior.n_embd = layers or prior.n_layer, width or prior.n_embd
-        else:
-            prior.pcnn_layers, prior.pcnn_channels = layers or prior.pcnn_layers, width or prior.pcnn_channels
-        prior.__post_init__()
+        prior = PriorConfig(arch=arch, class_dropout=class_dropout, dropout=dropout)
     except ValueError as e:
         raise VQGenError(str(e)) from e
     train = _train_config(
@@ -450,7 +460,9 @@ def train_prior_cmd(
         weight_decay=weight_decay,
     )
     console = _console()
-    results, run_dir = train_prior(prior, train, codes, out, class_conditional, resume, force, console)
+    results, run_dir = train_prior(
+        prior, train, codes, out, class_conditional, resume, force, console, layers, width, heads
+    )
     _print_table(f"held-out results ({run_dir})", results, console)
 
 

@@ -23,7 +23,17 @@ from vqgen import __version__
 from vqgen import checkpoint as ckpt
 from vqgen.autoencoder import DataConfig, data_config_of, data_for, load_autoencoder
 from vqgen.codes import CodesFile, encode_split
-from vqgen.data import TORCHVISION_SETS, BatchOrder, ImageData, Split, default_root, iterate_batches, to_float, to_uint8
+from vqgen.data import (
+    SHAPES_VERSION,
+    TORCHVISION_SETS,
+    BatchOrder,
+    ImageData,
+    Split,
+    default_root,
+    iterate_batches,
+    to_float,
+    to_uint8,
+)
 from vqgen.errors import VQGenError
 from vqgen.metrics import (
     codes_used,
@@ -113,7 +123,9 @@ def classifier_path(root: str | Path, source: str, image_shape: tuple[int, int, 
     """<root>/classifiers/<dataset>-<C>x<n>.safetensors; a folder or array file also gets a hash of its path, so
     two folders that happen to share a name do not share a classifier."""
     key = source.lower()
-    if key == "shapes" or key in TORCHVISION_SETS:
+    if key == "shapes":
+        name = f"shapes-v{SHAPES_VERSION}"  # a new version of the generator must not reuse an old classifier
+    elif key in TORCHVISION_SETS:
         name = key
     else:
         digest = hashlib.sha256(str(Path(source).resolve()).encode()).hexdigest()[:8]

@@ -30,7 +30,7 @@ from vqgen.errors import TrainingInterrupted, VQGenError
 class TrainConfig:
     steps: int | None = None  # None: the stage's default
     epochs: float | None = None  # when set, overrides steps
-    batch_size: int = 128  # the global batch: split across processes under torchrun
+    batch_size: int | None = None  # global (split across processes under torchrun); None: the stage's default
     lr: float | None = None  # None: the stage's default
     weight_decay: float = 0.0  # AdamW decay, on matrices (ndim ≥ 2) only
     warmup: int = 100
@@ -315,12 +315,14 @@ def resumed_config(saved: dict, given: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def with_stage_defaults(cfg: TrainConfig, steps: int, lr: float) -> TrainConfig:
-    """Fill what the user left unset with the stage's defaults."""
+def with_stage_defaults(cfg: TrainConfig, steps: int, lr: float, batch_size: int) -> TrainConfig:
+    """Fill what the user left unset with the stage's defaults (vqgen.presets)."""
     if cfg.steps is None and cfg.epochs is None:
         cfg.steps = steps
     if cfg.lr is None:
         cfg.lr = lr
+    if cfg.batch_size is None:
+        cfg.batch_size = batch_size
     return cfg
 
 

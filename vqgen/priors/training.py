@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from vqgen import checkpoint as ckpt
 from vqgen.codes import CodesFile, load_codes
 from vqgen.data import iterate_batches
 from vqgen.errors import VQGenError
+from vqgen.presets import Preset, preset_for
 from vqgen.priors import Prior, PriorConfig, build_prior, code_cross_entropy
 from vqgen.train import (
     Task,
@@ -26,8 +28,6 @@ from vqgen.train import (
 )
 
 KIND = "prior"
-DEFAULT_STEPS = 400
-DEFAULT_LR = 1e-3
 DEFAULT_CODES = "runs/codes.safetensors"
 LN2 = math.log(2)
 
@@ -117,8 +117,15 @@ def train_prior(
     resume: bool = False,
     force: bool = False,
     console=None,
+    layers: int | None = None,
+    width: int | None = None,
+    heads: int | None = None,
 ) -> tuple[dict[str, float], Path]:
-    """Fit a prior to the train codes of `codes_path` in run folder `out` (under torchrun: rank 0 writes)."""
+    """Fit a prior to the train codes of `codes_path` in run folder `out` (under torchrun: rank 0 writes).
+
+    Unset training settings (steps, lr, batch size) and model size (`layers`, `width`, `heads`) take the defaults
+    of the codes' data set (vqgen.presets).
+    """
     run_dir = Path(out)
     if resume:
         ckpt.prepare_run_dir(run_dir, resume=True, force=False)
@@ -128,11 +135,14 @@ def train_prior(
         train = resumed_config(saved["train"], train)
     else:
         codes_path = codes_path or DEFAULT_CODES
-        train = with_stage_defaults(train, DEFAULT_STEPS, DEFAULT_LR)
+    codes = load_codes(codes_path)
+    if not resume:
+        preset = preset_for(codes.dataset)
+        train = with_stage_defaults(train, preset.prior_steps, preset.prior_lr, preset.prior_batch_size)
+        prior = with_size(prior, layers, width, heads, preset)
     device, dist_info = setup_device(train)
     if not resume:
         run_dir = on_main(ckpt.prepare_run_dir, run_dir, resume=False, force=force)
-    codes = load_codes(codes_path)
     has_labels = codes.train_labels is not None and codes.num_classes > 0
     if class_conditional and not has_labels:
         raise VQGenError(f"--class-conditional needs labels, but '{codes_path}' has none")
@@ -165,6 +175,28 @@ def train_prior(
     task = PriorTask(model, codes, device, ae_run)
     results = fit(task, train, run_dir, resume=resume, console=console)
     return results, run_dir
+
+
+def with_size(
+    prior: PriorConfig, layers: int | None, width: int | None, heads: int | None, preset: Preset
+) -> PriorConfig:
+    """The Transformer's blocks, width and heads (unset: the preset's, PriorConfig's) or the PixelCNN's layers and
+    channels (unset: PriorConfig's)."""
+    try:
+        if prior.arch == "transformer":
+            return replace(
+                prior,
+                n_layer=_or(layers, preset.transformer_layers),
+                n_embd=_or(width, preset.transformer_width),
+                n_head=_or(heads, prior.n_head),
+            )
+        return replace(prior, pcnn_layers=_or(layers, prior.pcnn_layers), pcnn_channels=_or(width, prior.pcnn_channels))
+    except ValueError as e:
+        raise VQGenError(str(e)) from e
+
+
+def _or(given: int | None, default: int) -> int:
+    return default if given is None else given
 
 
 def check_codes_match(prior_config: dict, codes: CodesFile, codes_path: str | Path, run_dir: str | Path) -> None:

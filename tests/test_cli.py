@@ -127,6 +127,8 @@ def test_encode_then_train_prior_each_arch(in_tmp, arch):
     assert test["bits_per_code"] < 5.0  # K = 32: a uniform guess would pay 5 bits
     config = json.loads((in_tmp / f"prior-{arch}" / "config.json").read_text())
     assert config["model"]["arch"] == arch and config["model"]["num_classes"] == 4
+    size = {"transformer": ("n_layer", "n_embd", 4, 64), "pixelcnn": ("pcnn_layers", "pcnn_channels", 10, 64)}[arch]
+    assert (config["model"][size[0]], config["model"][size[1]]) == size[2:]
     from vqgen.checkpoint import sha256
 
     assert config["ae"]["sha256"] == sha256(in_tmp / "runs/ae/model.safetensors")

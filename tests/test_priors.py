@@ -276,3 +276,21 @@ def test_class_layout_of_a_sample_grid() -> None:
     assert resolve_classes(unconditional, [], 64) == (None, None)
     with pytest.raises(VQGenError, match="unconditional"):
         resolve_classes(unconditional, ["all"], 64)
+
+
+def test_presets_fill_only_what_is_unset():
+    from vqgen.errors import VQGenError
+    from vqgen.presets import Preset, preset_for
+    from vqgen.priors.training import with_size
+
+    assert preset_for("MNIST") == preset_for(None) == Preset()  # every other data set: the benchmarks' defaults
+    shapes = preset_for(" Shapes ")
+    assert (shapes.codebook_size, shapes.ae_hidden, shapes.transformer_width) == (64, 64, 64)
+    transformer = with_size(PriorConfig(arch="transformer"), None, None, None, shapes)
+    assert (transformer.n_layer, transformer.n_embd, transformer.n_head) == (4, 64, 4)
+    given = with_size(PriorConfig(arch="transformer"), 2, 96, 6, shapes)  # flags win; 96 / 6 heads is valid
+    assert (given.n_layer, given.n_embd, given.n_head) == (2, 96, 6)
+    pixelcnn = with_size(PriorConfig(arch="pixelcnn"), None, 32, None, shapes)  # the Transformer preset is not its
+    assert (pixelcnn.pcnn_layers, pixelcnn.pcnn_channels) == (PriorConfig.pcnn_layers, 32)
+    with pytest.raises(VQGenError, match="divisible"):
+        with_size(PriorConfig(arch="transformer"), None, 100, 8, shapes)

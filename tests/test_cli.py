@@ -152,3 +152,18 @@ def test_codes_file_round_trip_and_metadata(in_tmp):
     model, _ = load_autoencoder("runs/ae")
     images = load_data("shapes").test.images[:16]
     assert torch.equal(model.encode(to_float(images)), codes.test_codes[:16])
+
+
+def test_help_texts_survive_rich_markup():
+    """Rich reads `[word]` in a help text as a style tag and drops it (‖q − sg[z]‖² printed as ‖q − sg‖²)."""
+    import re
+
+    import typer.main
+
+    from vqgen.cli import app
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        for text in texts:
+            assert not re.search(r"(?<!\\)\[[a-z/]", text), f"{name}: {text!r}"

@@ -187,12 +187,12 @@ def train_ae(
     res_blocks: Annotated[int, typer.Option("--res-blocks", help="Residual blocks in encoder and decoder.")] = 2,
     downsample: Annotated[int, typer.Option("--downsample", help="n/m: 2, 4 or 8 (an n×n image → m×m codes).")] = 4,
     beta: Annotated[
-        float, typer.Option("--beta", help="β, weight of the codebook loss ‖q − sg[z]‖² (vq, simvq).")
+        float, typer.Option("--beta", help="β, weight of the codebook loss ‖q − sg(z)‖² (vq, simvq).")
     ] = 1.0,
     commitment: Annotated[
         float | None,
         typer.Option(
-            "--commitment", help="γ, weight of the commitment loss ‖z − sg[q]‖² (default 0.25·β).", show_default=False
+            "--commitment", help="γ, weight of the commitment loss ‖z − sg(q)‖² (default 0.25·β).", show_default=False
         ),
     ] = None,
     decay: Annotated[float, typer.Option("--decay", help="EMA decay of the ema codebook.")] = 0.99,
@@ -650,7 +650,7 @@ def plot(
     """Write PNGs into a run folder: training curves (curves.png); for an autoencoder also code usage sorted by
     frequency (code_usage.png) and a 2-D PCA of the codebook coloured by usage (codebook_pca.png).
 
-    Needs matplotlib: pip install -e '.[plots]'.
+    Needs matplotlib: pip install -e '.\\[plots]'.
     """
     from vqgen.plots import plot_run
 

@@ -79,10 +79,15 @@ def test_pipeline_with_no_flags(in_tmp, tiny_defaults):
     grid = Image.open(in_tmp / "samples" / "completions.png")
     assert grid.size[0] > grid.size[1]  # 2 rows of 5 images
 
-    result = run_cli("sample", "--n", "8", "--class", "all", "--out", "per_class", "--save-codes")
+    result = run_cli("sample", "--n", "8", "--classes", "all", "--out", "per_class", "--save-codes")
     assert result.code == 0, result.err
-    saved = __import__("safetensors.torch", fromlist=["load_file"]).load_file("per_class/codes.safetensors")
+    from safetensors.torch import load_file
+
+    saved = load_file("per_class/codes.safetensors")
     assert saved["labels"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    result = run_cli("sample", "--n", "4", "--class", "star", "--class", "0", "--out", "named", "--save-codes")
+    assert result.code == 0, result.err
+    assert load_file("named/codes.safetensors")["labels"].tolist() == [3, 0, 3, 0]
 
     result = run_cli("reconstruct", "--n", "8")
     assert result.code == 0 and (run / "reconstruct.png").exists()

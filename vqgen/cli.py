@@ -505,6 +505,7 @@ def sample(
         list[str] | None,
         typer.Option(
             "--class",
+            "--classes",
             help="Class index or name to sample (repeatable; cycles over the values); 'all' (the default for a "
             "class-conditional prior) gives rows per class, 'none' the unconditional (null-class) samples.",
             show_default=False,

@@ -237,6 +237,14 @@ def test_bad_codes_files(in_tmp, trained):
         run_cli("train-prior", "--codes", str(trained / "runs/ae/model.safetensors")), "not a vqgen codes file"
     )
     assert_clean_error(run_cli("train-prior", "--codes", "none.safetensors"), "vqgen encode")
+    good = str(trained / "runs/codes.safetensors")
+    bad_size = run_cli("train-prior", "--codes", good, "--width", "100", "--heads", "8", "--out", "bad-size")
+    assert_clean_error(bad_size, "divisible by n_head")
+    assert_clean_error(
+        run_cli("train-prior", "--codes", good, "--batch-size", "0", "--out", "bad-batch"), "--batch-size"
+    )
+    assert_clean_error(run_cli("train-ae", "--batch-size", "0", "--out", "bad-ae"), "--batch-size must be at least 1")
+    assert not any((in_tmp / d).exists() for d in ("bad-size", "bad-batch", "bad-ae"))  # nothing half-made
 
 
 def test_bad_sampling_arguments(in_tmp, trained):

@@ -323,6 +323,8 @@ def with_stage_defaults(cfg: TrainConfig, steps: int, lr: float, batch_size: int
         cfg.lr = lr
     if cfg.batch_size is None:
         cfg.batch_size = batch_size
+    if cfg.batch_size < 1:  # checked here, before a run folder is made
+        raise VQGenError(f"--batch-size must be at least 1, not {cfg.batch_size}")
     return cfg
 
 

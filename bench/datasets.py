@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--ae", help="reuse this finished autoencoder run instead of training one")
     parser.add_argument("--prior", help="reuse this finished prior run (of --ae's codes) instead of training one")
     parser.add_argument("--reuse", action="store_true", help="keep finished runs in runs/bench/<data>/")
+    parser.add_argument("--n", type=int, default=5000, help="samples for vqgen eval (classes uniform)")
     args = parser.parse_args()
     command = "python bench/datasets.py " + " ".join(
         f"--{k.replace('_', '-')}" + ("" if v is True else f" {shlex.quote(str(v))}")
@@ -60,12 +61,30 @@ def main() -> None:
     if args.prior is None and not (args.reuse and last_metrics(prior, "test")):
         steps["train-prior"], _ = vqgen(*prior_flags)
 
-    eval_flags = ["eval", "--prior", str(prior), *root]
+    eval_flags = ["eval", "--prior", str(prior), *root, "--n", str(args.n)]
     evaluated = prior / "eval.json"
     fresh = evaluated.exists() and evaluated.stat().st_mtime > (prior / "model.safetensors").stat().st_mtime
     if not (args.reuse and fresh):
         steps["eval"], _ = vqgen(*eval_flags)
     report = json.loads(evaluated.read_text())
+    # samples drawn without naming a class: labels from the training frequencies, at the prior's default guidance
+    uncond_flags, unconditional = [], {}
+    if report["runs"]["prior"]["class_conditional"] and "fid_samples_vs_test" in report["samples"]:
+        uncond_out = prior / "eval-unconditional.json"
+        uncond_flags = [
+            "eval",
+            "--prior",
+            str(prior),
+            *root,
+            "--n",
+            str(args.n),
+            "--class",
+            "none",
+            "--out",
+            str(uncond_out),
+        ]
+        steps["eval --class none"], _ = vqgen(*uncond_flags)
+        unconditional = json.loads(uncond_out.read_text())["samples"]
 
     samples = base / "samples"
     start = time.perf_counter()
@@ -105,7 +124,10 @@ def main() -> None:
         "fid_samples": round(smp.get("fid_samples_vs_test", float("nan")), 2),
         "fid_recon_floor": round(smp.get("fid_recon_vs_test", float("nan")), 2),
         "fid_train_vs_test": round(smp.get("fid_train_vs_test", float("nan")), 2),
+        "guidance": smp.get("guidance"),
         "class_accuracy": smp.get("class_accuracy"),
+        "worst_class_accuracy": smp.get("worst_class_accuracy"),
+        "fid_unconditional": round(unconditional["fid_samples_vs_test"], 2) if unconditional else None,
         "recon_class_accuracy": smp.get("recon_class_accuracy"),
         "classifier_test_accuracy": report.get("classifier", {}).get("accuracy"),
         "distinct_fraction": smp["distinct_fraction"],
@@ -117,6 +139,7 @@ def main() -> None:
             "vqgen " + shlex.join(encode_flags) if args.prior is None else "",
             "vqgen " + shlex.join(prior_flags) if args.prior is None else f"(reused {args.prior})",
             "vqgen " + shlex.join(eval_flags),
+            "vqgen " + shlex.join(uncond_flags) if uncond_flags else "",
             f"vqgen sample --n 64 --prior {prior} --out {samples}",
             f"vqgen sample --n {picture_n} --prior {prior} --out {picture}",
         ],

@@ -243,3 +243,19 @@ def test_plot_rejects_a_folder_that_is_not_a_run(tmp_path):
     pytest.importorskip("matplotlib")
     result = run_cli("plot", tmp_path)
     assert result.code == 2 and "config.json" in result.err
+
+
+def test_classifier_cache_avoids_a_read_only_data_root(tmp_path, monkeypatch):
+    from vqgen.evaluate import classifier_root
+
+    writable = tmp_path / "writable"
+    writable.mkdir()
+    assert classifier_root(writable) == writable
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o555)  # like ../shared/datasets: marked read-only, even for root
+    monkeypatch.setenv("VQGEN_CACHE", str(tmp_path / "cache"))
+    try:
+        assert classifier_root(shared) == tmp_path / "cache"
+    finally:
+        shared.chmod(0o755)

@@ -269,7 +269,7 @@ def test_class_layout_of_a_sample_grid() -> None:
     digits = SimpleNamespace(num_classes=10, class_names=None)
     labels, per_row = resolve_classes(digits, ["all"], 64)
     assert per_row == 7 and sorted(set(labels.tolist())) == list(range(10))
-    assert resolve_classes(shapes, ["none"], 64) == (None, None)
+    assert resolve_classes(shapes, ["null"], 64) == (None, None)  # the literal null class
     labels, per_row = resolve_classes(shapes, ["star", "1"], 4)
     assert labels.tolist() == [3, 1, 3, 1] and per_row is None
     unconditional = SimpleNamespace(num_classes=0, class_names=None)
@@ -283,7 +283,9 @@ def test_presets_fill_only_what_is_unset():
     from vqgen.presets import Preset, preset_for
     from vqgen.priors.training import with_size
 
-    assert preset_for("MNIST") == preset_for(None) == Preset()  # every other data set: the benchmarks' defaults
+    assert preset_for("MNIST") == preset_for(None) == Preset()  # every other data set: the real-data recipe
+    real = Preset()
+    assert real.prior_ema_weights > 0 and real.prior_guidance is not None
     shapes = preset_for(" Shapes ")
     assert (shapes.codebook_size, shapes.ae_hidden, shapes.transformer_width) == (64, 64, 64)
     transformer = with_size(PriorConfig(arch="transformer"), None, None, None, shapes)

@@ -342,3 +342,106 @@ def test_skipped_images_are_reported(in_tmp):
     (in_tmp / "imgs" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
     result = run_cli("train-ae", "--data", "imgs", "--steps", "1", "--codebook-size", "8", "--hidden", "32")
     assert result.code == 0 and "skipped 1 unreadable" in result.out
+
+
+def test_weight_average_follows_its_formula():
+    from vqgen.train import WeightAverage
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    average = WeightAverage(model, decay=0.9)
+    expected = [p.detach().clone() for p in model.parameters()]
+    for step in range(30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        average.update(step)
+        d = min(0.9, (1 + step) / (10 + step))
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.parameters(), strict=True)]
+    for got, want in zip(average.averages, expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
+    trained = [p.detach().clone() for p in model.parameters()]
+    with average.applied():
+        for p, want in zip(model.parameters(), expected, strict=True):
+            assert torch.allclose(p, want, atol=1e-6)
+    for p, before in zip(model.parameters(), trained, strict=True):  # and the trained weights come back
+        assert torch.equal(p, before)
+    with pytest.raises(VQGenError, match="ema-weights"):
+        WeightAverage(model, decay=1.0)
+
+
+def test_prior_resume_with_weight_average_is_bit_identical(in_tmp, monkeypatch, trained):
+    from vqgen.priors.training import PriorTask
+
+    codes = str(trained / "runs/codes.safetensors")
+    flags = (
+        "--codes",
+        codes,
+        "--steps",
+        "10",
+        "--batch-size",
+        "16",
+        "--layers",
+        "1",
+        "--width",
+        "32",
+        "--eval-every",
+        "0",
+        "--ema-weights",
+        "0.9",
+    )
+    assert run_cli("train-prior", *flags, "--out", "straight").code == 0
+    with monkeypatch.context() as m:
+        _interrupt_at(m, PriorTask, 4)
+        assert run_cli("train-prior", *flags, "--out", "cut").code == 130
+    assert run_cli("train-prior", "--out", "cut", "--resume").code == 0
+    a, b = _weights(in_tmp / "straight/model.safetensors"), _weights(in_tmp / "cut/model.safetensors")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    state = ckpt.load_tensors(in_tmp / "straight" / ckpt.STATE)
+    # the saved model is the average, the state keeps the trained weights beside it
+    assert any(not torch.equal(a[k], state[f"model.{k}"]) for k in a)
+    assert all(torch.equal(a[k], state[f"ema.{k}"]) for k in a if f"ema.{k}" in state)
+    records = ckpt.read_metrics(in_tmp / "straight")
+    assert "raw_bits_per_code" in records[-1]
+
+
+def test_minutes_budget_is_kept_and_recorded(in_tmp, trained):
+    codes = str(trained / "runs/codes.safetensors")
+    flags = ("--codes", codes, "--batch-size", "16", "--layers", "1", "--width", "32", "--eval-every", "0")
+    budget_s = 3.0
+    assert run_cli("train-prior", *flags, "--minutes", str(budget_s / 60), "--out", "timed").code == 0
+    config = json.loads((in_tmp / "timed/config.json").read_text())
+    steps = config["train"]["steps"]
+    assert isinstance(steps, int) and steps > 20 and config["budget"]["steps"] == steps
+    budget = next(r for r in ckpt.read_metrics(in_tmp / "timed") if r["split"] == "budget")
+    step_s = config["budget"]["step_seconds"]
+    assert budget["step"] == steps
+    assert abs(budget["seconds"] - budget_s) <= 2 * step_s + 0.2 * budget_s, (budget, step_s)
+    # the recorded step count reproduces the run exactly
+    assert run_cli("train-prior", *flags, "--steps", str(steps), "--out", "stepped").code == 0
+    a, b = _weights(in_tmp / "timed/model.safetensors"), _weights(in_tmp / "stepped/model.safetensors")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    for args, needle in [
+        (("--minutes", "-1"), "--minutes"),
+        (("--minutes", "1", "--steps", "5"), "--minutes"),
+        (("--ema-weights", "1.5"), "--ema-weights"),
+    ]:
+        assert_clean_error(run_cli("train-prior", *flags, *args, "--out", "bad"), needle)
+    assert not (in_tmp / "bad").exists()
+
+
+def test_guidance_errors_on_the_command_line(in_tmp, trained):
+    prior = str(trained / "runs/prior")
+    assert_clean_error(run_cli("sample", "--prior", prior, "--guidance", "-1", "--out", "s"), "--guidance")
+    assert_clean_error(run_cli("sample", "--prior", prior, "--guidance", "2", "--class", "null", "--out", "s"), "null")
+    codes = str(trained / "runs/codes.safetensors")
+    small = ("--codes", codes, "--steps", "1", "--layers", "1", "--width", "32")
+    assert run_cli("train-prior", *small, "--unconditional", "--out", "uncond").code == 0
+    assert_clean_error(run_cli("sample", "--prior", "uncond", "--guidance", "2", "--out", "s"), "unconditional")
+    assert run_cli("train-prior", *small, "--class-dropout", "0", "--out", "nonull").code == 0
+    assert_clean_error(run_cli("sample", "--prior", "nonull", "--guidance", "2", "--out", "s"), "class-dropout")
+    result = run_cli("sample", "--prior", prior, "--guidance", "2", "--class", "none", "--n", "8", "--out", "ok")
+    assert result.code == 0, result.err
+    assert len(list((in_tmp / "ok").glob("0*.png"))) == 8

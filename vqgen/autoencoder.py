@@ -152,7 +152,7 @@ def train_autoencoder(
         train = resumed_config(saved["train"], train)
     else:
         preset = preset_for(data_cfg.data)
-        train = with_stage_defaults(train, preset.ae_steps, preset.ae_lr, preset.ae_batch_size)
+        train = with_stage_defaults(train, preset.ae_steps, preset.ae_lr, preset.ae_batch_size, preset.ae_ema_weights)
     device, dist_info = setup_device(train)
     if not resume:
         run_dir = on_main(ckpt.prepare_run_dir, run_dir, resume=False, force=force)

@@ -71,8 +71,39 @@ StepsOpt = Annotated[
     int | None,
     typer.Option(
         "--steps",
-        help="Optimizer steps to train (default: 250 for train-ae, 400 for train-prior; 1200 each on the "
-        "built-in shapes, sized for a 5-minute CPU demo; real data wants thousands).",
+        help="Optimizer steps to train (default: 3000 for train-ae, 3600 for train-prior, about ten minutes each "
+        "on a 2-core CPU; 1200 each on the built-in shapes, sized for a 5-minute demo).",
+        show_default=False,
+    ),
+]
+MinutesOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--minutes",
+        help="Train for a wall-clock budget instead of --steps: the first 20 steps are timed, the learning-rate "
+        "schedule is set for the steps that fill the budget, and that step count goes into config.json (a re-run "
+        "with --steps N repeats the run exactly). Evaluations during training come on top.",
+        show_default=False,
+    ),
+]
+EmaWeightsOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--ema-weights",
+        help="Keep an exponential moving average of the weights with this decay (e.g. 0.999; 0: none). Evaluation, "
+        "previews, the saved model and sampling use the average; --resume keeps both. Default: the data set's "
+        "preset (vqgen/presets.py), else 0.",
+        show_default=False,
+    ),
+]
+GuidanceOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--guidance",
+        help="Classifier-free guidance scale S for a class-conditional prior trained with class dropout: codes "
+        "are drawn from null + S·(cond − null). 1 is plain conditional sampling, 0 the null class, > 1 sharper "
+        "and more typical of the class. Default: the scale recorded in the prior's config.json (from its data "
+        "set's preset), else 1.",
         show_default=False,
     ),
 ]
@@ -84,8 +115,8 @@ BatchOpt = Annotated[
     int | None,
     typer.Option(
         "--batch-size",
-        help="Global batch size, split across processes under torchrun (default: 128 for train-ae, 32 on "
-        "shapes; 32 for train-prior).",
+        help="Global batch size, split across processes under torchrun (default: 64 for both stages; 32 "
+        "for both on shapes).",
         show_default=False,
     ),
 ]
@@ -220,8 +251,10 @@ def train_ae(
     ] = "8,8,8",
     steps: StepsOpt = None,
     epochs: EpochsOpt = None,
+    minutes: MinutesOpt = None,
     batch_size: BatchOpt = None,
     lr: LrOpt = None,
+    ema_weights: EmaWeightsOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
@@ -267,8 +300,10 @@ def train_ae(
     train = _train_config(
         steps=steps,
         epochs=epochs,
+        minutes=minutes,
         batch_size=batch_size,
         lr=lr,
+        ema_weights=ema_weights,
         seed=seed,
         device=device,
         precision=precision,
@@ -420,8 +455,10 @@ def train_prior_cmd(
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW decay on weight matrices only.")] = 0.01,
     steps: StepsOpt = None,
     epochs: EpochsOpt = None,
+    minutes: MinutesOpt = None,
     batch_size: BatchOpt = None,
     lr: LrOpt = None,
+    ema_weights: EmaWeightsOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
@@ -448,8 +485,10 @@ def train_prior_cmd(
     train = _train_config(
         steps=steps,
         epochs=epochs,
+        minutes=minutes,
         batch_size=batch_size,
         lr=lr,
+        ema_weights=ema_weights,
         seed=seed,
         device=device,
         precision=precision,
@@ -500,6 +539,7 @@ def sample(
     temperature: TemperatureOpt = 1.0,
     top_k: TopKOpt = None,
     top_p: TopPOpt = None,
+    guidance: GuidanceOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Grids sampled in parallel.")] = 64,
     classes: Annotated[
         list[str] | None,
@@ -507,7 +547,8 @@ def sample(
             "--class",
             "--classes",
             help="Class index or name to sample (repeatable; cycles over the values); 'all' (the default for a "
-            "class-conditional prior) gives rows per class, 'none' the unconditional (null-class) samples.",
+            "class-conditional prior) gives rows per class; 'none' draws each sample's class from the training "
+            "labels' frequencies (unconditional samples of p(x), guided); 'null' the model's null class, unguided.",
             show_default=False,
         ),
     ] = None,
@@ -530,7 +571,7 @@ def sample(
     from vqgen.sample import SamplingOptions, load_pipeline
     from vqgen.sample import sample as run_sample
 
-    opts = SamplingOptions(temperature, top_k, top_p, batch_size, seed, use_cache=not no_cache)
+    opts = SamplingOptions(temperature, top_k, top_p, batch_size, seed, use_cache=not no_cache, guidance=guidance)
     pipe = load_pipeline(prior, device, ae, ignore_hash, precision)
     wanted = ["all"] if classes_all else (classes or [])
     result = run_sample(pipe, n, out, opts, wanted, save_codes)
@@ -555,6 +596,7 @@ def complete(
     temperature: TemperatureOpt = 1.0,
     top_k: TopKOpt = None,
     top_p: TopPOpt = None,
+    guidance: GuidanceOpt = None,
     label: Annotated[
         str | None,
         typer.Option("--class", help="Class to complete towards (conditional priors).", show_default=False),
@@ -572,7 +614,8 @@ def complete(
     from vqgen.sample import complete as run_complete
 
     pipe = load_pipeline(prior, device, ae, ignore_hash, precision)
-    path = run_complete(pipe, images, keep_rows, n, out, SamplingOptions(temperature, top_k, top_p, seed=seed), label)
+    opts = SamplingOptions(temperature, top_k, top_p, seed=seed, guidance=guidance)
+    path = run_complete(pipe, images, keep_rows, n, out, opts, label)
     _console().print(f"wrote {path}")
 
 
@@ -598,6 +641,16 @@ def eval_cmd(
     data_root: DataRootOpt = None,
     n: Annotated[int, typer.Option("--n", help="Samples, and held-out images they are compared with.")] = 1000,
     temperature: TemperatureOpt = 1.0,
+    guidance: GuidanceOpt = None,
+    classes: Annotated[
+        str,
+        typer.Option(
+            "--class",
+            help="Which labels the samples get from a class-conditional prior: 'all' cycles over the classes "
+            "(uniform; class accuracy is measured), 'none' draws them from the training labels' frequencies "
+            "(unconditional samples), 'null' uses the null class.",
+        ),
+    ] = "all",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch, grids sampled at once.")] = 500,
     train_limit: Annotated[
         int,
@@ -616,6 +669,14 @@ def eval_cmd(
     ignore_hash: IgnoreHashOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Report to write (default: eval.json in the prior's run folder, else the autoencoder's).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Evaluate an autoencoder run (and a prior run with it) on the held-out split; write eval.json.
 
@@ -631,11 +692,13 @@ def eval_cmd(
         seed=seed,
         batch_size=batch_size,
         temperature=temperature,
+        guidance=guidance,
+        classes=classes,
         train_limit=train_limit,
         classifier_steps=classifier_steps,
     )
     console = _console()
-    report, path = evaluate_run(ae, prior, data, data_root, opts, device, ignore_hash, console)
+    report, path = evaluate_run(ae, prior, data, data_root, opts, device, ignore_hash, console, out)
     _print_table(f"{path} ({report['data']['name']}, {report['seconds']:.0f} s)", report_rows(report), console)
 
 

@@ -65,6 +65,8 @@ class EvalOptions:
     seed: int = 0
     batch_size: int = 500  # images per forward pass, grids sampled in parallel
     temperature: float = 1.0
+    guidance: float | None = None  # None: the scale recorded in the prior's config.json
+    classes: str = "all"  # all (cycling, uniform), none (training label frequencies) or null (the null class)
     train_limit: int = 60_000  # train images encoded for the unigram entropy and the memorisation check
     classifier_steps: int | None = None  # None: CLASSIFIER_EPOCHS passes over the train split, at most MAX_STEPS
 
@@ -75,6 +77,8 @@ class EvalOptions:
             raise VQGenError(f"--batch-size must be at least 1, not {self.batch_size}")
         if not self.temperature > 0:
             raise VQGenError(f"--temperature must be > 0, not {self.temperature}")
+        if self.classes not in ("all", "none", "null"):
+            raise VQGenError(f"--class must be all, none or null, not '{self.classes}'")
         if self.train_limit < 1:
             raise VQGenError(f"--train-limit must be at least 1, not {self.train_limit}")
         if self.classifier_steps is not None and self.classifier_steps < 1:
@@ -117,6 +121,22 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, n, n) in [-1, 1] → class logits (B, classes)."""
         return self.head(self.body(x))
+
+
+def classifier_root(data_root: str | Path) -> Path:
+    """Where classifiers are cached: beside the data (DATA_ROOT/classifiers/) where that folder can be written, else
+    in $VQGEN_CACHE or ~/.cache/vqgen, so that a read-only data set does not retrain its classifier on every eval."""
+    import os
+    import stat
+
+    data_root = Path(data_root)
+    folder = data_root / "classifiers"
+    folder = folder if folder.exists() else data_root
+    # the mode bits too: root may write anywhere, but a folder marked read-only is meant to stay as it is
+    writable = folder.exists() and os.access(folder, os.W_OK) and bool(folder.stat().st_mode & stat.S_IWUSR)
+    if writable or not data_root.exists():
+        return data_root
+    return Path(os.environ.get("VQGEN_CACHE") or Path.home() / ".cache" / "vqgen")
 
 
 def classifier_path(root: str | Path, source: str, image_shape: tuple[int, int, int]) -> Path:
@@ -306,11 +326,19 @@ def evaluate_run(
     device: str = "auto",
     ignore_hash: bool = False,
     console=None,
+    out: str | Path | None = None,
 ) -> tuple[dict, Path]:
-    """Evaluate an autoencoder run, and a prior run with it; write eval.json into the prior's folder (else the
-    autoencoder's). Returns the report and the path written."""
+    """Evaluate an autoencoder run, and a prior run with it; write the report to `out`, by default eval.json in the
+    prior's folder (else the autoencoder's). Returns the report and the path written."""
     from vqgen.priors.training import evaluate_prior
-    from vqgen.sample import SamplingOptions, decode_codes, load_pipeline, sample_codes
+    from vqgen.sample import (
+        SamplingOptions,
+        decode_codes,
+        load_pipeline,
+        resolve_classes,
+        resolve_guidance,
+        sample_codes,
+    )
 
     opts = opts or EvalOptions()
     opts.validate()
@@ -387,17 +415,26 @@ def evaluate_run(
                 "unigram_n": limit,
             }
 
-            # ---- samples: N grids, labels cycling over the classes for a class-conditional prior
+            # ---- samples: N grids, labels cycling over the classes for a class-conditional prior (or as --class says)
             n = opts.n
-            labels = torch.arange(n) % prior_cfg.num_classes if prior_cfg.num_classes > 0 else None
-            sampling = SamplingOptions(temperature=opts.temperature, batch_size=opts.batch_size, seed=opts.seed)
+            if prior_cfg.num_classes > 0 and opts.classes == "all":
+                labels = torch.arange(n) % prior_cfg.num_classes
+                how = f"cycling over {prior_cfg.num_classes} classes"
+            else:
+                labels, _ = resolve_classes(pipe, [opts.classes], n, opts.seed)
+                how = "training label frequencies" if labels is not None else "null class"
+            sampling = SamplingOptions(
+                temperature=opts.temperature, batch_size=opts.batch_size, seed=opts.seed, guidance=opts.guidance
+            )
+            guidance = resolve_guidance(pipe, opts.guidance, labels is not None)
             bar = progress.add_task("sample", total=1, info=f"{n} grids")
             grids = sample_codes(pipe, n, labels, sampling)  # (n, m, m)
             progress.update(bar, completed=1)
             samples = {
                 "n": n,
                 "temperature": opts.temperature,
-                "labels": f"cycling over {prior_cfg.num_classes} classes" if labels is not None else "none",
+                "guidance": 1.0 if guidance is None and labels is not None else guidance,
+                "labels": how if prior_cfg.num_classes > 0 else "none (unconditional prior)",
                 "distinct_fraction": distinct_fraction(grids),
                 "train_copy_fraction": copy_fraction(grids, set(grid_keys(train_codes))),
                 "train_split": "train",
@@ -405,7 +442,7 @@ def evaluate_run(
             }
             if labelled:
                 # ---- sample quality through the classifier's eyes
-                root = dc.data_root if dc.data_root is not None else default_root()
+                root = classifier_root(dc.data_root if dc.data_root is not None else default_root())
                 clf, clf_info = load_or_train_classifier(dataset, dc.data, root, dev, opts.classifier_steps, progress)
                 _, test_preds = classifier_outputs(clf, test.images, dev, opts.batch_size)
                 report["classifier"] = {
@@ -436,11 +473,16 @@ def evaluate_run(
                 # the ceiling of class accuracy: how often the class survives the autoencoder
                 samples["recon_class_accuracy"] = float((recon_preds == test.labels[:n_test]).double().mean())
                 if labels is not None and prior_cfg.num_classes == dataset.num_classes:
-                    samples["class_accuracy"] = float((sample_preds == labels).double().mean())
+                    hits = (sample_preds == labels).double()
+                    samples["class_accuracy"] = float(hits.mean())
+                    per_class = [
+                        float(hits[labels == c].mean()) for c in range(prior_cfg.num_classes) if (labels == c).any()
+                    ]
+                    samples["worst_class_accuracy"] = min(per_class)
+                    samples["per_class_accuracy"] = per_class
             report["samples"] = samples
     report["seconds"] = round(time.perf_counter() - t0, 2)
-    out_dir = Path(prior_run) if prior_run is not None else ae_dir
-    path = out_dir / EVAL_FILE
+    path = Path(out) if out is not None else (Path(prior_run) if prior_run is not None else ae_dir) / EVAL_FILE
     ckpt.save_json(path, report)
     return report, path
 
@@ -475,7 +517,8 @@ def report_rows(report: dict) -> dict[str, object]:
             rows[f"  floor: their reconstructions vs {held_out}"] = s["fid_recon_vs_test"]
             rows[f"  noise: train images (n={s['n_test']}) vs {held_out}"] = s["fid_train_vs_test"]
         if "class_accuracy" in s:
-            rows[f"samples of the asked class (n={s['n']})"] = s["class_accuracy"]
+            rows[f"samples of the asked class (n={s['n']}, guidance {s.get('guidance')})"] = s["class_accuracy"]
+            rows["  worst class"] = s["worst_class_accuracy"]
         if "recon_class_accuracy" in s:
             label = "  ceiling: reconstructions" if "class_accuracy" in s else "reconstructions"
             rows[f"{label} keeping their class ({s['split']} n={s['n_test']})"] = s["recon_class_accuracy"]

@@ -24,8 +24,11 @@ class SamplingOptions:
     batch_size: int = 64
     seed: int = 0
     use_cache: bool = True
+    guidance: float | None = None  # None: the scale recorded in the prior's config.json (else no guidance)
 
     def validate(self, codebook_size: int) -> None:
+        if self.guidance is not None and not (self.guidance >= 0 and math.isfinite(self.guidance)):
+            raise VQGenError(f"--guidance must be a number >= 0 (1 = plain conditional sampling), not {self.guidance}")
         if not self.temperature > 0:
             raise VQGenError(f"--temperature must be > 0, not {self.temperature}")
         if self.top_k is not None and not 1 <= self.top_k <= codebook_size:
@@ -49,6 +52,19 @@ class Pipeline:
     @property
     def num_classes(self) -> int:
         return self.prior.cfg.num_classes
+
+    @property
+    def default_guidance(self) -> float | None:
+        """The guidance scale train-prior recorded for this prior (chosen by bench/guidance.py), if any."""
+        return self.config.get("sampling", {}).get("guidance")
+
+    def class_frequencies(self) -> torch.Tensor:
+        """(classes,) the training labels' frequencies, recorded by train-prior; uniform for an older prior."""
+        counts = self.config.get("codes", {}).get("class_counts")
+        if not counts or len(counts) != self.num_classes:
+            return torch.full((self.num_classes,), 1.0 / self.num_classes)
+        counts = torch.tensor(counts, dtype=torch.float64)
+        return counts / counts.sum()
 
 
 def load_pipeline(
@@ -96,13 +112,17 @@ def load_pipeline(
     return Pipeline(prior, ae, config, dev, ae_dir, names if prior.cfg.num_classes else None, precision)
 
 
-def resolve_classes(pipe: Pipeline, classes: list[str], n: int) -> tuple[torch.Tensor | None, int | None]:
-    """--class values (indices, names, 'all' or 'none') → labels (n,) and the grid's images per row.
+def resolve_classes(
+    pipe: Pipeline, classes: list[str], n: int, seed: int = 0
+) -> tuple[torch.Tensor | None, int | None]:
+    """--class values (indices, names, 'all', 'none' or 'null') → labels (n,) and the grid's images per row.
 
-    A class-conditional prior given no --class samples every class, in rows: its null class only saw the
-    class-dropout fraction of the batches, so unconditional samples are the weaker ones ('none' asks for them).
+    A class-conditional prior given no --class samples every class, in rows. 'none' draws each sample's class
+    from the training labels' frequencies (then samples that class, with guidance): a sample of
+    p(x) = Σ_y p(y)·p(x | y). 'null' is the literal null class, which saw only the class-dropout fraction of the
+    batches, so its samples are the weaker ones. Labels None means the null class.
     """
-    if classes == ["none"]:
+    if classes == ["null"] or (classes == ["none"] and pipe.num_classes == 0):
         return None, None
     if not classes:
         if pipe.num_classes == 0:
@@ -110,6 +130,9 @@ def resolve_classes(pipe: Pipeline, classes: list[str], n: int) -> tuple[torch.T
         classes = ["all"]
     if pipe.num_classes == 0:
         raise VQGenError("--class was given but this prior is unconditional; train it with --class-conditional")
+    if classes == ["none"]:
+        generator = torch.Generator().manual_seed(seed)
+        return torch.multinomial(pipe.class_frequencies(), n, replacement=True, generator=generator), None
     if classes == ["all"]:
         cols = math.ceil(math.sqrt(n))
         rows = math.ceil(n / cols)
@@ -141,8 +164,9 @@ def sample_codes(
     prefix: torch.Tensor | None = None,
     prefix_len: int = 0,
 ) -> torch.Tensor:
-    """n code grids (n, m, m), in batches, reproducible for a seed."""
+    """n code grids (n, m, m), in batches, reproducible for a seed. labels None samples the null class."""
     opts.validate(pipe.prior.cfg.codebook_size)
+    guidance = resolve_guidance(pipe, opts.guidance, labels is not None)
     generator = torch.Generator(pipe.device).manual_seed(opts.seed)
     out = []
     for start in range(0, n, opts.batch_size):
@@ -158,9 +182,36 @@ def sample_codes(
                 prefix=None if prefix is None else prefix[start:stop].to(pipe.device),
                 prefix_len=prefix_len,
                 use_cache=opts.use_cache,
+                guidance=guidance,
             ).cpu()
         )
     return torch.cat(out)
+
+
+def resolve_guidance(pipe: Pipeline, asked: float | None, labelled: bool) -> float | None:
+    """The guidance scale to sample with (None: none), or a one-line error when this prior cannot be guided.
+
+    Scale 1 is plain conditional sampling, so it runs as such (n sequences, not 2n): torch.lerp makes the two
+    give the same codes, and tests hold them to it.
+    """
+    cfg = pipe.prior.cfg
+    if asked is not None:
+        if cfg.num_classes == 0:
+            raise VQGenError(
+                "--guidance needs a class-conditional prior, and this one is unconditional; "
+                "train one with --class-conditional on labelled codes"
+            )
+        if cfg.class_dropout <= 0:
+            raise VQGenError(
+                "--guidance needs the null class, and this prior was trained with --class-dropout 0 so it never "
+                "learned one; retrain with --class-dropout 0.1"
+            )
+        if not labelled:
+            raise VQGenError("--guidance steers towards a class, and --class null asks for none; drop one of them")
+    scale = asked if asked is not None else pipe.default_guidance
+    if scale is None or not labelled or cfg.num_classes == 0 or cfg.class_dropout <= 0 or scale == 1:
+        return None
+    return float(scale)
 
 
 @torch.no_grad()
@@ -201,7 +252,7 @@ def sample(
     """Sample n images into `out`: grid.png plus 000.png, 001.png, ... (and codes.safetensors if asked)."""
     if n < 1:
         raise VQGenError(f"--n must be at least 1, not {n}")
-    labels, per_row = resolve_classes(pipe, classes or [], n)
+    labels, per_row = resolve_classes(pipe, classes or [], n, opts.seed)
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -260,7 +311,7 @@ def complete(
 
     with autocast(pipe.device, pipe.precision):  # the quantizer's distances stay in fp32 regardless
         codes = pipe.ae.encode(to_float(originals).to(pipe.device)).cpu()  # (I, m, m)
-    labels, _ = resolve_classes(pipe, [label] if label is not None else [], len(image_paths) * n)
+    labels, _ = resolve_classes(pipe, [label] if label is not None else [], len(image_paths) * n, opts.seed)
     prefix = codes.repeat_interleave(n, dim=0)  # (I·n, m, m)
     completed = sample_codes(pipe, len(prefix), labels, opts, prefix=prefix, prefix_len=keep_rows * m)
     kept = decode_codes(pipe, codes)

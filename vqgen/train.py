@@ -30,6 +30,8 @@ from vqgen.errors import TrainingInterrupted, VQGenError
 class TrainConfig:
     steps: int | None = None  # None: the stage's default
     epochs: float | None = None  # when set, overrides steps
+    minutes: float | None = None  # a wall-clock budget: fit measures a step and records the steps that fill it
+    ema_weights: float | None = None  # decay of an exponential moving average of the weights (0: none; None: preset)
     batch_size: int | None = None  # global (split across processes under torchrun); None: the stage's default
     lr: float | None = None  # None: the stage's default
     weight_decay: float = 0.0  # AdamW decay, on matrices (ndim ≥ 2) only
@@ -268,13 +270,74 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_state(run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, order, step: int, extra: dict) -> None:
+class WeightAverage:
+    """An exponential moving average of a model's parameters, for evaluation, previews, sampling and the saved model.
+
+    After the update of step t (0-based) every average moves as avg ← d·avg + (1 − d)·θ with
+    d = min(decay, (1 + t) / (10 + t)): the ramp keeps the first steps from pinning the average to the random
+    initialisation. Buffers (an EMA codebook, usage counters) are not averaged: the model's own are used.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise VQGenError(f"--ema-weights must be a decay in (0, 1), e.g. 0.999, or 0 for none; not {decay}")
+        self.decay = decay
+        self.names = [name for name, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.averages = [p.detach().clone() for p in self.params]
+
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step))
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        torch._foreach_lerp_(self.averages, [p.detach() for p in self.params], 1.0 - self.decay_at(step))
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Swap the averages into the model's parameters for the duration (and the trained weights back after)."""
+        with torch.no_grad():
+            for p, a in zip(self.params, self.averages, strict=True):
+                p.data, a.data = a.data, p.data
+            try:
+                yield
+            finally:
+                for p, a in zip(self.params, self.averages, strict=True):
+                    p.data, a.data = a.data, p.data
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"ema.{name}": a for name, a in zip(self.names, self.averages, strict=True)}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], where: Path) -> None:
+        missing = [n for n in self.names if f"ema.{n}" not in tensors]
+        if missing:
+            raise VQGenError(f"'{where}' holds no weight average ({missing[0]}); resume without --ema-weights")
+        with torch.no_grad():
+            for name, a in zip(self.names, self.averages, strict=True):
+                a.copy_(tensors[f"ema.{name}"])
+
+
+def _maybe_applied(average: WeightAverage | None):
+    return average.applied() if average is not None else contextlib.nullcontext()
+
+
+def save_state(
+    run_dir: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    order,
+    step: int,
+    extra: dict,
+    average: WeightAverage | None = None,
+) -> None:
     """Everything needed to continue bit-identically, in one file (so it can never mix two steps)."""
     import json
 
     opt_tensors, opt_meta = _optimizer_tensors(opt)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update(opt_tensors)
+    if average is not None:
+        tensors.update(average.state_tensors())
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
@@ -282,7 +345,9 @@ def save_state(run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, orde
     ckpt.save_tensors(run_dir / ckpt.STATE, tensors, {"state": json.dumps(meta)})
 
 
-def load_state(run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, order) -> dict:
+def load_state(
+    run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, order, average: WeightAverage | None = None
+) -> dict:
     import json
 
     entries, metadata = ckpt.read_header(run_dir / ckpt.STATE)
@@ -301,6 +366,8 @@ def load_state(run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, orde
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     order.load_state_dict(meta["order"])
+    if average is not None:
+        average.load_state_tensors(tensors, run_dir / ckpt.STATE)
     return meta
 
 
@@ -310,15 +377,30 @@ def load_state(run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, orde
 def resumed_config(saved: dict, given: TrainConfig) -> TrainConfig:
     """A resumed run keeps its saved settings; only a --steps / --epochs given now extends it."""
     cfg = TrainConfig.from_dict(saved)
+    if given.minutes is not None:
+        raise VQGenError("--minutes cannot be given with --resume: the run already has its steps; give --steps")
     if given.steps is not None or given.epochs is not None:
-        cfg.steps, cfg.epochs = given.steps, given.epochs
+        cfg.steps, cfg.epochs, cfg.minutes = given.steps, given.epochs, None
     return cfg
 
 
-def with_stage_defaults(cfg: TrainConfig, steps: int, lr: float, batch_size: int) -> TrainConfig:
+def with_stage_defaults(
+    cfg: TrainConfig, steps: int, lr: float, batch_size: int, ema_weights: float | None = None
+) -> TrainConfig:
     """Fill what the user left unset with the stage's defaults (vqgen.presets)."""
-    if cfg.steps is None and cfg.epochs is None:
+    if cfg.minutes is not None:
+        if cfg.steps is not None or cfg.epochs is not None:
+            raise VQGenError("give one of --minutes, --steps and --epochs, not several")
+        if not (cfg.minutes > 0 and math.isfinite(cfg.minutes)):
+            raise VQGenError(f"--minutes must be a positive number of minutes, not {cfg.minutes}")
+    elif cfg.steps is None and cfg.epochs is None:
         cfg.steps = steps
+    if ema_weights is not None and cfg.ema_weights is None:
+        cfg.ema_weights = ema_weights
+    if cfg.ema_weights is None:
+        cfg.ema_weights = 0.0
+    if cfg.ema_weights != 0 and not 0 < cfg.ema_weights < 1:
+        raise VQGenError(f"--ema-weights must be a decay in (0, 1), e.g. 0.999, or 0 for none; not {cfg.ema_weights}")
     if cfg.lr is None:
         cfg.lr = lr
     if cfg.batch_size is None:
@@ -393,17 +475,24 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
     model = task.model
     opt = torch.optim.AdamW(task.param_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99))
     order = BatchOrder(task.num_rows(), cfg.batch_size, cfg.seed, dist_info.rank, dist_info.world_size)
-    if cfg.epochs is not None:
+    # A --minutes budget first runs `probe` steps, all inside the learning-rate warm-up (whose rates do not depend
+    # on the total), times them, then fixes the total: a re-run with --steps TOTAL is the same run.
+    budget = cfg.minutes * 60 if cfg.minutes is not None and cfg.steps is None and cfg.epochs is None else None
+    probe = min(20, max(cfg.warmup, 1))
+    if budget is not None:
+        total = probe
+    elif cfg.epochs is not None:
         total = max(1, math.ceil(cfg.epochs * order.batches_per_epoch))
     elif cfg.steps is not None:
         total = cfg.steps
     else:
-        raise ValueError("TrainConfig needs steps or epochs")
+        raise ValueError("TrainConfig needs steps, epochs or minutes")
     if total < 1:
         raise VQGenError(f"--steps must be at least 1, not {total}")
+    average = WeightAverage(model, cfg.ema_weights) if cfg.ema_weights else None
     start_step = 0
     if resume:
-        meta = load_state(run_dir, model, opt, order)
+        meta = load_state(run_dir, model, opt, order, average)
         start_step = int(meta["step"])
     check_precision(device, cfg.precision)
     if cfg.compile:
@@ -438,14 +527,18 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
 
     def checkpoint(step: int) -> None:
         if main:
-            save_state(run_dir, model, opt, order, step, {"total": total})
-            ckpt.save_tensors(run_dir / ckpt.WEIGHTS, model.state_dict())
+            save_state(run_dir, model, opt, order, step, {"total": total}, average)
+            with _maybe_applied(average):
+                ckpt.save_tensors(run_dir / ckpt.WEIGHTS, model.state_dict())
 
     progress = make_progress(console) if main else contextlib.nullcontext()
     with _SignalCatcher() as signals, progress:
         bar = progress.add_task(task.kind, total=total, completed=start_step, info="") if main else None
         model.train()
-        for step in range(start_step, total):
+        loop_start = probe_start = time.perf_counter()
+        probe_from = start_step + min(2, probe - start_step - 1)  # the steps before it pay one-time set-up costs
+        step = start_step
+        while step < total:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, cfg)
             rows = order.next()
@@ -458,6 +551,18 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
+            if average is not None:
+                average.update(step)
+            if budget is not None:
+                if step + 1 == probe_from:
+                    float(loss.detach())  # a sync, so that the timed steps start now
+                    probe_start = time.perf_counter()
+                elif step + 1 == probe:
+                    timed = probe - max(probe_from, start_step)
+                    total = _budget_steps(budget, loss, loop_start, probe_start, timed, probe, run_dir, main)
+                    cfg.steps = total
+                    if main:
+                        progress.update(bar, total=total)
 
             losses[window_steps] = loss.detach()
             for k, v in stats.items():
@@ -494,7 +599,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
                 progress.update(bar, completed=done)
 
             if cfg.eval_every and done % cfg.eval_every == 0 and done != total:
-                _evaluate(task, model, run_dir, done, final=False, main=main)
+                _evaluate(task, model, run_dir, done, final=False, main=main, average=average)
             caught = _agreed_signal(signals.caught, dist_info.world_size)
             if caught is not None:
                 checkpoint(done)
@@ -502,8 +607,39 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
                 raise TrainingInterrupted(f"{name} at step {done}/{total}: state saved in '{run_dir}'")
             if cfg.save_every and done % cfg.save_every == 0 and done != total:
                 checkpoint(done)
+            step += 1
         checkpoint(total)
-    return _evaluate(task, model, run_dir, total, final=True, main=main)
+        train_seconds = time.perf_counter() - loop_start
+    results = _evaluate(task, model, run_dir, total, final=True, main=main, average=average)
+    if budget is not None and main:
+        ckpt.append_metrics(
+            run_dir, {"step": total, "split": "budget", "minutes": cfg.minutes, "seconds": train_seconds}
+        )
+    return results
+
+
+def _budget_steps(
+    budget: float,
+    loss: torch.Tensor,
+    loop_start: float,
+    probe_start: float,
+    timed: int,
+    probe: int,
+    run_dir: Path,
+    main: bool,
+) -> int:
+    """The total steps that fill a --minutes budget, from the probe's step time; recorded in config.json."""
+    float(loss.detach())  # sync: the probe's steps are done
+    now = time.perf_counter()
+    step_seconds = (now - probe_start) / max(1, timed)
+    total = probe + max(0, math.floor((budget - (now - loop_start)) / step_seconds))
+    total = int(broadcast_object(total))  # rank 0's estimate, so that every rank runs the same steps
+    if main:
+        config = ckpt.read_config(run_dir)
+        config["train"] = {**config["train"], "steps": total}
+        config["budget"] = {"minutes": budget / 60, "step_seconds": step_seconds, "steps": total}
+        ckpt.save_json(run_dir / ckpt.CONFIG, config)
+    return total
 
 
 def _mean_over_ranks(t: torch.Tensor, world: int) -> torch.Tensor:
@@ -519,17 +655,32 @@ def _agreed_signal(caught: int | None, world: int) -> int | None:
     return int(flag) or None
 
 
-def _evaluate(task: Task, model: nn.Module, run_dir: Path, step: int, final: bool, main: bool) -> dict[str, float]:
+def _evaluate(
+    task: Task,
+    model: nn.Module,
+    run_dir: Path,
+    step: int,
+    final: bool,
+    main: bool,
+    average: WeightAverage | None = None,
+) -> dict[str, float]:
     """Held-out metrics on rank 0 only, shared with the other ranks. Safe because evaluation and previews run no
     collective (the quantizer syncs only in training mode) and draw nothing from the global RNG, whose state
-    must stay the same on every rank."""
+    must stay the same on every rank.
+
+    With a weight average, the averaged weights are evaluated and previewed; the final evaluation also measures the
+    trained weights (keys prefixed `raw_`), so that one run shows what the average gains.
+    """
     results: dict[str, float] = {}
     if main:
         model.eval()
         try:
-            results = task.evaluate(model, final)
+            with _maybe_applied(average):
+                results = task.evaluate(model, final)
+                task.preview(model, run_dir, step)
+            if average is not None and final:
+                results |= {f"raw_{k}": v for k, v in task.evaluate(model, final).items()}
             ckpt.append_metrics(run_dir, {"step": step, "split": "test", **results})
-            task.preview(model, run_dir, step)
         finally:
             model.train()
     return broadcast_object(results)

@@ -127,6 +127,16 @@ def sample_from_logits(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
 
 
+def guided_logits(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: logits (2B, K) of [conditional; null-class] rows → (B, K) null + S·(cond − null).
+
+    torch.lerp(null, cond, S) computes exactly that, and returns `cond` bit for bit at S = 1 and `null` at S = 0,
+    so guidance 1 and 0 reproduce plain conditional and null-class sampling code for code.
+    """
+    cond, null = logits.float().chunk(2, dim=0)  # each (B, K)
+    return torch.lerp(null, cond, scale)
+
+
 def code_cross_entropy(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """logits (B, m·m, K) against codes (B, m, m) → mean nats per code."""
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), codes.reshape(-1))
@@ -195,11 +205,17 @@ class Prior(nn.Module):
         prefix: torch.Tensor | None = None,
         prefix_len: int = 0,
         use_cache: bool = True,
+        guidance: float | None = None,
     ) -> torch.Tensor:
         """Sample n grids → (n, m, m) int64 codes.
 
         The first prefix_len raster positions of `prefix` (n, m, m) are kept and the rest sampled, which is
         how image completion works. labels=None samples unconditionally (the null class).
+
+        `guidance` S (a class-conditional model only) samples from the logits null + S·(cond − null): the n
+        conditional and n null-class sequences run as one batch of 2n through the same forward pass (and the
+        same key/value cache), and both halves receive the code drawn from the guided logits, so they stay
+        equal. None is plain conditional sampling.
         """
         m, seq_len = self.cfg.grid_size, self.cfg.seq_len
         device = next(self.parameters()).device
@@ -219,6 +235,15 @@ class Prior(nn.Module):
         draw = functools.partial(
             sample_from_logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
         )
+        if guidance is not None:
+            if self.cfg.num_classes == 0:
+                raise ValueError("guidance needs a class-conditional model")
+            if not guidance >= 0:
+                raise ValueError(f"guidance must be >= 0, not {guidance}")
+            # (2n, T): conditional rows first, then the same grids under the null class
+            codes = codes.repeat(2, 1)
+            labels = torch.cat([labels, torch.full_like(labels, self.cfg.null_class)])
+            draw = functools.partial(_draw_guided, draw=draw, scale=guidance)
         was_training = self.training
         self.eval()  # no dropout while sampling, so cached and uncached paths agree
         try:
@@ -227,7 +252,7 @@ class Prior(nn.Module):
                 self._generate(codes, labels, prefix_len, draw, use_cache)
         finally:
             self.train(was_training)
-        return codes.view(n, m, m)
+        return codes[:n].reshape(n, m, m)
 
     def _generate(
         self,
@@ -244,6 +269,11 @@ class Prior(nn.Module):
             codes[:, i] = draw(logits[:, i])
 
 
+def _draw_guided(logits: torch.Tensor, draw: Callable[[torch.Tensor], torch.Tensor], scale: float) -> torch.Tensor:
+    """logits (2n, K) of [cond; null] → the code drawn from the guided logits, for both halves (2n,)."""
+    return draw(guided_logits(logits, scale)).repeat(2)
+
+
 def build_prior(cfg: PriorConfig) -> Prior:
     # imported here because both architectures import `Prior` from this module
     if cfg.arch == "pixelcnn":
@@ -255,4 +285,12 @@ def build_prior(cfg: PriorConfig) -> Prior:
     return TransformerPrior(cfg)
 
 
-__all__ = ["ARCHS", "Prior", "PriorConfig", "build_prior", "code_cross_entropy", "sample_from_logits"]
+__all__ = [
+    "ARCHS",
+    "Prior",
+    "PriorConfig",
+    "build_prior",
+    "code_cross_entropy",
+    "guided_logits",
+    "sample_from_logits",
+]

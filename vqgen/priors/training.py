@@ -138,7 +138,9 @@ def train_prior(
     codes = load_codes(codes_path)
     if not resume:
         preset = preset_for(codes.dataset)
-        train = with_stage_defaults(train, preset.prior_steps, preset.prior_lr, preset.prior_batch_size)
+        train = with_stage_defaults(
+            train, preset.prior_steps, preset.prior_lr, preset.prior_batch_size, preset.prior_ema_weights
+        )
         prior = with_size(prior, layers, width, heads, preset)
     device, dist_info = setup_device(train)
     if not resume:
@@ -156,17 +158,24 @@ def train_prior(
     model = build_prior(prior).to(device)
     ae_run = codes.ae_run if codes.ae_run and (Path(codes.ae_run) / ckpt.WEIGHTS).exists() else None
     if not resume and dist_info.is_main:
+        guided = prior.num_classes > 0 and prior.class_dropout > 0
+        class_counts = (
+            torch.bincount(codes.train_labels, minlength=codes.num_classes).tolist() if prior.num_classes else None
+        )
         ckpt.write_config(
             run_dir,
             KIND,
             {
                 "model": prior.to_dict(),
                 "train": train.to_dict(),
+                # what `vqgen sample` and `vqgen eval` use unless told otherwise
+                "sampling": {"guidance": preset.prior_guidance if guided else None},
                 "codes": {
                     "path": str(codes_path),
                     "sha256": ckpt.sha256(codes_path),
                     "dataset": codes.dataset,
                     "class_names": codes.class_names,
+                    "class_counts": class_counts,  # the label frequencies that `sample --class none` draws from
                 },
                 "ae": {"run": codes.ae_run, "relative": _relative(codes.ae_run, run_dir), "sha256": codes.ae_sha256},
                 "parameters": sum(p.numel() for p in model.parameters()),

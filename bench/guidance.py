@@ -1,0 +1,102 @@
+"""Classifier-free guidance sweep: `vqgen eval` of one class-conditional prior at several guidance scales.
+
+    python bench/guidance.py --data mnist --prior runs/bench/mnist/prior
+    python bench/guidance.py --data fashion-mnist --prior runs/bench/fashion-mnist/prior --scales 1,1.5,2
+
+Every scale is one `vqgen eval --n N --guidance S` (classes uniform: the labels cycle over the classes), its report
+kept as RUN/eval-guidance-S.json. Writes bench/results/guidance-<data>.json and docs/guidance-<data>.png: Fréchet
+distance against class accuracy, one point per scale. (bench/datasets.py evaluates the samples drawn without naming
+a class, at the prior's default scale.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+from pathlib import Path
+
+from common import REPO, SHARED, vqgen, write_result
+
+
+def evaluate(prior: Path, root: list[str], n: int, out: Path, *extra: str) -> tuple[dict, str]:
+    flags = ["eval", "--prior", str(prior), *root, "--n", str(n), "--out", str(out), *extra]
+    vqgen(*flags)
+    return json.loads(out.read_text()), "vqgen " + shlex.join(flags)
+
+
+def row(report: dict) -> dict:
+    s = report["samples"]
+    return {
+        "guidance": s["guidance"],
+        "labels": s["labels"],
+        "fid": round(s["fid_samples_vs_test"], 3),
+        "fid_recon_floor": round(s["fid_recon_vs_test"], 3),
+        "fid_train_vs_test": round(s["fid_train_vs_test"], 3),
+        "class_accuracy": s.get("class_accuracy"),
+        "worst_class_accuracy": s.get("worst_class_accuracy"),
+        "recon_class_accuracy": s["recon_class_accuracy"],
+        "distinct_fraction": s["distinct_fraction"],
+        "train_copy_fraction": s["train_copy_fraction"],
+        "seconds": report["seconds"],
+    }
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    acc = [100 * r["class_accuracy"] for r in rows]
+    fid = [r["fid"] for r in rows]
+    ax.plot(acc, fid, "o-", color="tab:blue")
+    for r, x, y in zip(rows, acc, fid, strict=True):
+        ax.annotate(f"S={r['guidance']:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.axhline(rows[0]["fid_train_vs_test"], color="grey", ls=":", lw=1, label="noise: train vs held-out")
+    ax.axhline(rows[0]["fid_recon_floor"], color="tab:green", ls="--", lw=1, label="floor: reconstructions")
+    ax.set_xlabel("samples of the asked class (%)")
+    ax.set_ylabel("Fréchet distance (classifier features)")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="the prior's data set, as for vqgen train-ae --data")
+    parser.add_argument("--prior", required=True, help="a finished class-conditional prior run (class dropout > 0)")
+    parser.add_argument("--scales", default="1,1.25,1.5,2,3", help="guidance scales to evaluate")
+    parser.add_argument("--n", type=int, default=5000, help="samples per scale (and held-out images)")
+    args = parser.parse_args()
+    command = f"python bench/guidance.py --data {args.data} --prior {args.prior} --scales {args.scales} --n {args.n}"
+    os.chdir(REPO)
+    prior = Path(args.prior)
+    root = ["--data-root", os.path.relpath(SHARED)] if args.data != "shapes" else []
+    rows, commands = [], []
+    for scale in [float(s) for s in args.scales.split(",")]:
+        report, cmd = evaluate(prior, root, args.n, prior / f"eval-guidance-{scale:g}.json", "--guidance", str(scale))
+        rows.append(row(report))
+        commands.append(cmd)
+        print(json.dumps(rows[-1]))
+    best = min(rows, key=lambda r: r["fid"])
+    docs = Path("docs")
+    docs.mkdir(exist_ok=True)
+    plot(rows, docs / f"guidance-{args.data}.png", f"{args.data}: guidance sweep, n = {args.n} per scale")
+    figures = {
+        "data": args.data,
+        "prior": str(prior),
+        "n": args.n,
+        "scales": rows,
+        "best_fid_scale": best["guidance"],
+        "commands": commands,
+    }
+    write_result(f"guidance-{args.data}", command, figures)
+
+
+if __name__ == "__main__":
+    main()

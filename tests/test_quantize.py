@@ -155,3 +155,40 @@ def test_restarts_and_kmeans_keep_backward_working(kind):
         (out.loss + out.quantized.square().mean()).backward()
         assert z.grad is not None and torch.isfinite(z.grad).all()
     assert q.restarted > 0
+
+
+@pytest.mark.parametrize("kind", ["vq", "ema", "simvq"])
+@pytest.mark.parametrize(("lookup_dim", "cosine"), [(0, True), (4, False), (4, True)])
+def test_lookup_variants_keep_the_interface(kind, lookup_dim, cosine):
+    torch.manual_seed(0)
+    cls = {"vq": VectorQuantizer, "ema": EMAQuantizer, "simvq": SimVQ}[kind]
+    quantizer = cls(32, 8, lookup_dim=lookup_dim, cosine=cosine, kmeans_init=True)
+    quantizer.train()(torch.randn(4, 8, 3, 3))  # k-means initialisation and one update in the code space
+    quantizer.eval()
+    codes = quantizer.codebook()
+    assert codes.shape == (32, lookup_dim or 8)
+    if cosine:
+        assert torch.allclose(codes.norm(dim=1), torch.ones(32), atol=1e-5)
+    z = torch.randn(2, 8, 3, 3, requires_grad=True)
+    out = quantizer(z)
+    # lookup(indices) is exactly what the decoder received
+    assert torch.allclose(out.quantized.detach(), quantizer.lookup(out.indices), atol=1e-6)
+    # the chosen code is the nearest one in the code space
+    in_code_space = quantizer._to_codes(z.detach().permute(0, 2, 3, 1).reshape(-1, 8))
+    assert torch.equal(out.indices.flatten(), nearest_code(in_code_space, codes.detach()))
+    # straight-through: the decoder's gradient reaches z as if quantisation were the identity in the code space
+    upstream = torch.randn_like(out.quantized)
+    (out.quantized * upstream).sum().backward()
+    z2 = z.detach().clone().requires_grad_(True)
+    identity = quantizer._from_codes(quantizer._to_codes(z2.permute(0, 2, 3, 1).reshape(-1, 8)))
+    (identity.view(2, 3, 3, 8).permute(0, 3, 1, 2) * upstream).sum().backward()
+    assert z.grad.abs().sum() > 0 and torch.allclose(z.grad, z2.grad, atol=1e-5)
+
+
+def test_lookup_options_are_refused_for_fsq():
+    from vqgen.vqvae import AEConfig
+
+    with pytest.raises(ValueError, match="fsq"):
+        AEConfig(quantizer="fsq", cosine=True)
+    with pytest.raises(ValueError, match="lookup_dim"):
+        AEConfig(lookup_dim=128, embed_dim=64)

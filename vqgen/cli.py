@@ -249,6 +249,20 @@ def train_ae(
     fsq_levels: Annotated[
         str, typer.Option("--fsq-levels", help="Levels per FSQ dimension, e.g. 8,8,8 (K = their product).")
     ] = "8,8,8",
+    lookup_dim: Annotated[
+        int,
+        typer.Option(
+            "--lookup-dim",
+            help="Look codes up in a learned d-dimensional projection of the encoder output, e.g. 16 (vq, ema, "
+            "simvq; 0: in the full --embed-dim).",
+        ),
+    ] = 0,
+    cosine: Annotated[
+        bool,
+        typer.Option(
+            "--cosine/--no-cosine", help="l2-normalise codes and encoder vectors before the lookup (cosine distance)."
+        ),
+    ] = False,
     steps: StepsOpt = None,
     epochs: EpochsOpt = None,
     minutes: MinutesOpt = None,
@@ -292,6 +306,8 @@ def train_ae(
             restart_dead=restart_dead,
             kmeans_init=kmeans_init,
             fsq_levels=levels,
+            lookup_dim=lookup_dim,
+            cosine=cosine,
         )
     except ValueError as e:
         raise VQGenError(f"{e}") from e

@@ -6,7 +6,10 @@
 - `fsq`    finite scalar quantization, an implicit grid codebook (Mentzer et al. 2023, arXiv 2309.15505)
 
 The vector quantizers pass gradients with the straight-through estimator or the rotation trick (Fifty et al.
-2024, arXiv 2410.06424), and share k-means initialisation and dead-code restarts. Distances, codebook updates and
+2024, arXiv 2410.06424), and share k-means initialisation and dead-code restarts. Their nearest-neighbour lookup
+can run on l2-normalised vectors (cosine distance) and in a low-dimensional space: a linear map takes the encoder's
+D-dimensional vectors to the d-dimensional codes and another brings the chosen code back (the factorised,
+l2-normalised codes of ViT-VQGAN, Yu et al. 2021, arXiv 2110.04627). Distances, codebook updates and
 restarts always run in fp32, whatever autocast says. Under torch.distributed, statistics are all-reduced, and
 k-means and restarts draw from the global batch (gathered from the ranks' shards), so every rank holds the same
 codebook, and the same one a single process training on the whole batch would.
@@ -118,13 +121,24 @@ class VectorQuantizer(Quantizer):
         grad: str = "ste",
         restart_dead: int = 0,
         kmeans_init: bool = False,
+        lookup_dim: int = 0,
+        cosine: bool = False,
     ):
         super().__init__()
         if grad not in ("ste", "rotation"):
             raise ValueError(f"grad must be 'ste' or 'rotation', not {grad!r}")
+        if lookup_dim < 0:
+            raise ValueError(f"lookup_dim must be >= 0 (0: the full dimension), not {lookup_dim}")
         self.codebook_size, self.dim = codebook_size, dim
         self.beta, self.commitment, self.grad = beta, commitment, grad
         self.restart_dead, self.kmeans_init = restart_dead, kmeans_init
+        self.cosine = cosine
+        # d, the dimension the codes live in; the codebook itself is (K, d)
+        self.code_dim = lookup_dim if lookup_dim else dim
+        self.projected = lookup_dim > 0
+        if self.projected:
+            self.project_in = nn.Linear(dim, lookup_dim)
+            self.project_out = nn.Linear(lookup_dim, dim)
         self._init_codebook()
         # Bookkeeping lives in buffers so that it is saved with the weights and a resumed run continues exactly.
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
@@ -134,10 +148,26 @@ class VectorQuantizer(Quantizer):
 
     # -- codebook parametrisation (overridden by SimVQ and EMA)
     def _init_codebook(self) -> None:
-        self.embedding = nn.Parameter(torch.empty(self.codebook_size, self.dim).uniform_(-1, 1) / self.codebook_size)
+        d = self.code_dim
+        self.embedding = nn.Parameter(torch.empty(self.codebook_size, d).uniform_(-1, 1) / self.codebook_size)
+
+    def _vectors(self) -> torch.Tensor:
+        """The stored codebook (K, d), before any normalisation."""
+        return self.embedding
 
     def codebook(self) -> torch.Tensor:
-        return self.embedding
+        """The (K, d) codes the lookup compares with: unit vectors under cosine distance."""
+        vectors = self._vectors()
+        return F.normalize(vectors, dim=1) if self.cosine else vectors
+
+    def _to_codes(self, z_flat: torch.Tensor) -> torch.Tensor:
+        """Encoder vectors (N, D) → the space of the codes (N, d)."""
+        z_flat = self.project_in(z_flat) if self.projected else z_flat
+        return F.normalize(z_flat, dim=1) if self.cosine else z_flat
+
+    def _from_codes(self, q_flat: torch.Tensor) -> torch.Tensor:
+        """Vectors in the space of the codes (N, d) → what the decoder receives (N, D)."""
+        return self.project_out(q_flat) if self.projected else q_flat
 
     @torch.no_grad()
     def set_codes(self, idx: torch.Tensor, vectors: torch.Tensor) -> None:
@@ -152,15 +182,16 @@ class VectorQuantizer(Quantizer):
 
     # -- the shared forward
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        return F.embedding(indices, self.codebook()).permute(0, 3, 1, 2).contiguous()  # (B, D, H, W)
+        vectors = self._from_codes(F.embedding(indices, self.codebook()))  # (B, H, W, D)
+        return vectors.permute(0, 3, 1, 2).contiguous()  # (B, D, H, W)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         with torch.autocast(z.device.type, enabled=False):
             return self._forward(z.float())
 
     def _forward(self, z: torch.Tensor) -> QuantizerOutput:
-        b, d, h, w = z.shape
-        z_flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # (B·H·W, D)
+        b, _, h, w = z.shape
+        z_flat = self._to_codes(z.permute(0, 2, 3, 1).reshape(b * h * w, -1))  # (B·H·W, D) → (B·H·W, d)
         if self.training and not bool(self.initialized):
             self._kmeans_init(z_flat.detach())
         codebook = self.codebook()
@@ -175,7 +206,7 @@ class VectorQuantizer(Quantizer):
         if self.training:
             self.update(z_flat.detach(), indices, counts)
             self._restart_dead_codes(z_flat.detach(), counts)
-        quantized = out_flat.view(b, h, w, d).permute(0, 3, 1, 2)  # (B, D, H, W)
+        quantized = self._from_codes(out_flat).view(b, h, w, self.dim).permute(0, 3, 1, 2)  # (B, D, H, W)
         return QuantizerOutput(quantized, indices.view(b, h, w), loss, counts)
 
     @torch.no_grad()
@@ -221,13 +252,10 @@ class EMAQuantizer(VectorQuantizer):
         super().__init__(codebook_size, dim, **kwargs)
 
     def _init_codebook(self) -> None:
-        init = torch.randn(self.codebook_size, self.dim)
+        init = torch.randn(self.codebook_size, self.code_dim)
         self.register_buffer("embedding", init.clone())
         self.register_buffer("ema_count", torch.ones(self.codebook_size))
         self.register_buffer("ema_sum", init.clone())
-
-    def codebook(self) -> torch.Tensor:
-        return self.embedding
 
     @torch.no_grad()
     def set_codes(self, idx: torch.Tensor, vectors: torch.Tensor) -> None:
@@ -257,18 +285,19 @@ class SimVQ(VectorQuantizer):
         super().__init__(codebook_size, dim, **kwargs)
 
     def _init_codebook(self) -> None:
-        self.register_buffer("frozen", torch.randn(self.codebook_size, self.dim) * self.dim**-0.5)
+        d = self.code_dim
+        self.register_buffer("frozen", torch.randn(self.codebook_size, d) * d**-0.5)
         if self.diagonal:
-            self.proj_diag = nn.Parameter(torch.ones(self.dim))
+            self.proj_diag = nn.Parameter(torch.ones(d))
         else:
-            self.proj = nn.Linear(self.dim, self.dim, bias=False)
+            self.proj = nn.Linear(d, d, bias=False)
 
     def _map(self) -> torch.Tensor:
         """W as a (D, D) matrix acting on rows: codebook = frozen @ map."""
         return torch.diag(self.proj_diag) if self.diagonal else self.proj.weight.t()
 
-    def codebook(self) -> torch.Tensor:
-        return self.frozen @ self._map()  # (K, D)
+    def _vectors(self) -> torch.Tensor:
+        return self.frozen @ self._map()  # (K, d)
 
     @torch.no_grad()
     def set_codes(self, idx: torch.Tensor, vectors: torch.Tensor) -> None:
@@ -345,8 +374,17 @@ def build_quantizer(
     restart_dead: int = 0,
     kmeans_init: bool = False,
     fsq_levels: list[int] | None = None,
+    lookup_dim: int = 0,
+    cosine: bool = False,
 ) -> Quantizer:
-    common = dict(commitment=commitment, grad=grad, restart_dead=restart_dead, kmeans_init=kmeans_init)
+    common = dict(
+        commitment=commitment,
+        grad=grad,
+        restart_dead=restart_dead,
+        kmeans_init=kmeans_init,
+        lookup_dim=lookup_dim,
+        cosine=cosine,
+    )
     if kind == "vq":
         return VectorQuantizer(codebook_size, dim, beta=beta, **common)
     if kind == "ema":
@@ -354,5 +392,7 @@ def build_quantizer(
     if kind in ("simvq", "simvq-diag"):
         return SimVQ(codebook_size, dim, diagonal=kind == "simvq-diag", beta=beta, **common)
     if kind == "fsq":
+        if lookup_dim or cosine:
+            raise ValueError("fsq has no nearest-neighbour lookup: --lookup-dim and --cosine apply to vq, ema, simvq")
         return FSQ(fsq_levels or [8, 8, 8], dim)
     raise ValueError(f"unknown quantizer {kind!r}; choose vq, ema, simvq, simvq-diag or fsq")

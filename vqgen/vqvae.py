@@ -42,6 +42,8 @@ class AEConfig:
     restart_dead: int = 50
     kmeans_init: bool = True
     fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8])
+    lookup_dim: int = 0  # d: nearest-neighbour lookup in a learned d-dimensional projection (0: in the full D)
+    cosine: bool = False  # l2-normalise codes and encoder vectors before the lookup
 
     def __post_init__(self) -> None:
         for name, upper in _SIZE_BOUNDS.items():
@@ -53,7 +55,11 @@ class AEConfig:
             raise ValueError(f"downsample must be 2, 4 or 8, not {self.downsample}")
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}, not {self.quantizer!r}")
+        if not 0 <= self.lookup_dim <= self.embed_dim:
+            raise ValueError(f"lookup_dim must be in [0, embed_dim={self.embed_dim}], not {self.lookup_dim}")
         if self.quantizer == "fsq":
+            if self.lookup_dim or self.cosine:
+                raise ValueError("--lookup-dim and --cosine apply to vq, ema and simvq; fsq has no codebook lookup")
             self.codebook_size = math.prod(self.fsq_levels)
 
     @property
@@ -147,6 +153,8 @@ class VQVAE(nn.Module):
             restart_dead=cfg.restart_dead,
             kmeans_init=cfg.kmeans_init,
             fsq_levels=cfg.fsq_levels,
+            lookup_dim=cfg.lookup_dim,
+            cosine=cfg.cosine,
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:

@@ -6,9 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_priors import ARCHS, K, T, random_codes, tiny_prior
 
 from vqgen.priors import guided_logits
+
+from test_priors import ARCHS, K, T, random_codes, tiny_prior
 
 CLASSES = 3
 

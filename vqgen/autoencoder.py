@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from vqgen import checkpoint as ckpt
+from vqgen.adversarial import Adversary
 from vqgen.data import ImageData, Split, iterate_batches, load_data, to_float, to_uint8
 from vqgen.errors import VQGenError
 from vqgen.images import save_grid
@@ -43,14 +44,37 @@ class DataConfig:
         return load_data(self.data, self.data_root, self.image_size, self.channels, self.strict)
 
 
+@dataclass
+class AdversarialConfig:
+    weight: float = 0.0  # weight of the adaptive adversarial term (0: off)
+    start: int = 0  # autoencoder steps before the discriminator is used and trained
+    lr: float | None = None  # the discriminator's learning rate (None: the autoencoder's)
+
+    def validate(self) -> None:
+        if not self.weight >= 0:
+            raise VQGenError(f"--adversarial must be a weight >= 0 (0: off), not {self.weight}")
+        if self.start < 0:
+            raise VQGenError(f"--adversarial-start must be a step >= 0, not {self.start}")
+        if self.lr is not None and not self.lr > 0:
+            raise VQGenError(f"--adversarial-lr must be > 0, not {self.lr}")
+
+
 class AutoencoderTask(Task):
     kind = "train-ae"
     unit = "img"
 
-    def __init__(self, model: VQVAE, data: ImageData, device: torch.device, preview_count: int = 32):
+    def __init__(
+        self,
+        model: VQVAE,
+        data: ImageData,
+        device: torch.device,
+        preview_count: int = 32,
+        adversary: Adversary | None = None,
+    ):
         self.model, self.data, self.device = model, data, device
         self.codebook_size = model.cfg.codebook_size
         self.preview_images = data.test.images[:preview_count]
+        self.adversary = adversary
 
     def num_rows(self) -> int:
         return len(self.data.train)
@@ -60,7 +84,38 @@ class AutoencoderTask(Task):
         recon, vq = model(x)
         rec = reconstruction_loss(recon, x)
         stats = {"mse": rec.detach() / 4, "counts": vq.counts, "restarted": self._restarted()}
-        return rec + vq.loss, stats
+        loss = rec + vq.loss
+        if self.adversary is not None:
+            term, adv_stats = self.adversary.generator_term(x, recon, rec, self.model.decoder.last_layer())
+            loss = loss + term
+            stats |= adv_stats
+        return loss, stats
+
+    def after_step(self) -> None:
+        if self.adversary is not None:
+            self.adversary.discriminator_step()
+
+    def extra_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        if self.adversary is None:
+            return {}, {}
+        from vqgen.train import optimizer_tensors
+
+        tensors = {f"adv.model.{k}": v for k, v in self.adversary.discriminator.state_dict().items()}
+        opt_tensors, opt_meta = optimizer_tensors(self.adversary.optimizer, prefix="adv.optim")
+        return tensors | opt_tensors, {"adversary_steps": self.adversary.steps, "adversary_optimizer": opt_meta}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        if self.adversary is None:
+            return
+        from vqgen.train import load_optimizer
+
+        weights = {k[len("adv.model.") :]: v for k, v in tensors.items() if k.startswith("adv.model.")}
+        if not weights or "adversary_optimizer" not in meta:
+            raise VQGenError("this run's saved state has no discriminator; resume it without --adversarial")
+        self.adversary.discriminator.load_state_dict(weights)
+        opt_tensors = {k: v for k, v in tensors.items() if k.startswith("adv.optim.")}
+        load_optimizer(self.adversary.optimizer, opt_tensors, meta["adversary_optimizer"])
+        self.adversary.steps = int(meta["adversary_steps"])
 
     def compile_targets(self) -> list[nn.Module]:
         return [self.model.encoder, self.model.decoder]
@@ -70,13 +125,16 @@ class AutoencoderTask(Task):
 
     def window_metrics(self, sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
         mse = float(sums["mse"]) / steps  # [0,1]-scale MSE: the loss runs on [-1,1], 4× larger
-        return {
+        metrics = {
             "mse": mse,
             "psnr": psnr_from_mse(mse),
             "codes_used": codes_used(sums["counts"]),
             "perplexity": perplexity(sums["counts"]),
             "restarted": float(sums["restarted"]),
         }
+        if "adv_weight" in sums:
+            metrics["adv_weight"] = float(sums["adv_weight"]) / steps  # the adaptive λ, 0 before the start
+        return metrics
 
     def progress_text(self, m: dict[str, float]) -> str:
         return f"mse {m['mse']:.4f} psnr {m['psnr']:.1f} codes {m['codes_used']:.0%} ppl {m['perplexity']:.0f}"
@@ -138,22 +196,28 @@ def train_autoencoder(
     resume: bool = False,
     force: bool = False,
     console=None,
+    adversarial: AdversarialConfig | None = None,
 ) -> tuple[dict[str, float], Path]:
     """Train a VQ-VAE into run folder `out`; returns the final held-out metrics and the folder.
 
     Under torchrun every rank calls this: only rank 0 writes into the folder, all read from it.
     """
     run_dir = Path(out)
+    adversarial = adversarial or AdversarialConfig()
+    adversarial.validate()
     if resume:
         ckpt.prepare_run_dir(run_dir, resume=True, force=False)
         saved = ckpt.read_config(run_dir, KIND)
         ae = AEConfig.from_dict(saved["model"])
         data_cfg = DataConfig(**saved["data"])
         train = resumed_config(saved["train"], train)
+        adversarial = AdversarialConfig(**saved.get("adversarial", {}))
     else:
         preset = preset_for(data_cfg.data)
         train = with_stage_defaults(train, preset.ae_steps, preset.ae_lr, preset.ae_batch_size, preset.ae_ema_weights)
     device, dist_info = setup_device(train)
+    if adversarial.weight > 0 and dist_info.world_size > 1:
+        raise VQGenError("--adversarial does not run under torchrun yet; train it in one process")
     if not resume:
         run_dir = on_main(ckpt.prepare_run_dir, run_dir, resume=False, force=force)
     data = data_cfg.load()
@@ -180,6 +244,7 @@ def train_autoencoder(
                 "model": ae.to_dict(),
                 "train": train.to_dict(),
                 "data": data_cfg.__dict__,
+                "adversarial": adversarial.__dict__,
                 "dataset": {
                     "name": data.name,
                     "num_classes": data.num_classes,
@@ -190,7 +255,10 @@ def train_autoencoder(
                 },
             },
         )
-    task = AutoencoderTask(model, data, device)
+    adversary = None
+    if adversarial.weight > 0:
+        adversary = Adversary(channels, adversarial.weight, adversarial.start, adversarial.lr or train.lr, device)
+    task = AutoencoderTask(model, data, device, adversary=adversary)
     results = fit(task, train, run_dir, resume=resume, console=console)
     return results, run_dir
 

@@ -263,6 +263,28 @@ def train_ae(
             "--cosine/--no-cosine", help="l2-normalise codes and encoder vectors before the lookup (cosine distance)."
         ),
     ] = False,
+    adversarial: Annotated[
+        float,
+        typer.Option(
+            "--adversarial",
+            help="Weight of a VQGAN-style adversarial term (PatchGAN discriminator, hinge loss, weighted adaptively "
+            "against the reconstruction loss at the decoder's last layer); 0: off.",
+        ),
+    ] = 0.0,
+    adversarial_start: Annotated[
+        int,
+        typer.Option(
+            "--adversarial-start", help="Steps of reconstruction alone before the discriminator joins (and trains)."
+        ),
+    ] = 0,
+    adversarial_lr: Annotated[
+        float | None,
+        typer.Option(
+            "--adversarial-lr",
+            help="The discriminator's learning rate (default: the autoencoder's --lr).",
+            show_default=False,
+        ),
+    ] = None,
     steps: StepsOpt = None,
     epochs: EpochsOpt = None,
     minutes: MinutesOpt = None,
@@ -284,7 +306,7 @@ def train_ae(
     Writes config.json, model.safetensors, state.safetensors (for --resume), metrics.jsonl and recon.png
     into --out, then prints held-out MSE, PSNR, codes used and perplexity.
     """
-    from vqgen.autoencoder import DataConfig, train_autoencoder
+    from vqgen.autoencoder import AdversarialConfig, DataConfig, train_autoencoder
     from vqgen.errors import VQGenError
     from vqgen.presets import preset_for
     from vqgen.vqvae import AEConfig
@@ -330,7 +352,8 @@ def train_ae(
     )
     data_cfg = DataConfig(data, data_root, image_size, channels, strict)
     console = _console()
-    results, run_dir = train_autoencoder(ae, train, data_cfg, out, resume=resume, force=force, console=console)
+    gan = AdversarialConfig(adversarial, adversarial_start, adversarial_lr)
+    results, run_dir = train_autoencoder(ae, train, data_cfg, out, resume, force, console, gan)
     _print_table(f"held-out results ({run_dir})", results, console)
     console.print(f"wrote {run_dir}/model.safetensors, metrics.jsonl, recon.png")
 

@@ -236,6 +236,16 @@ class Task:
     def preview(self, model: nn.Module, run_dir: Path, step: int) -> None:
         """Write preview PNGs into the run folder."""
 
+    def after_step(self) -> None:
+        """Updates of the task's own after the optimizer step (the adversarial discriminator's)."""
+
+    def extra_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Tensors and JSON-able settings of the task's own that --resume needs (prefixed by the task)."""
+        return {}, {}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Restore what extra_state saved."""
+
     def param_groups(self, weight_decay: float) -> list[dict]:
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
@@ -245,24 +255,25 @@ class Task:
 # ----------------------------------------------------------------------------------------------- state
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Flatten an optimizer state_dict into named tensors plus JSON-able scalars."""
+def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "optim") -> tuple[dict[str, torch.Tensor], dict]:
+    """Flatten an optimizer state_dict into named tensors (PREFIX.<param>.<key>) plus JSON-able scalars."""
     sd = opt.state_dict()
     tensors, scalars = {}, {}
     for pid, state in sd["state"].items():
         for key, value in state.items():
             if torch.is_tensor(value):
-                tensors[f"optim.{pid}.{key}"] = value
+                tensors[f"{prefix}.{pid}.{key}"] = value
             else:
                 scalars[f"{pid}.{key}"] = value
     groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in sd["param_groups"]]
     return tensors, {"scalars": scalars, "param_groups": groups}
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """The inverse of optimizer_tensors, given only the tensors under its prefix."""
     state: dict[int, dict] = {}
     for name, value in tensors.items():
-        _, pid, key = name.split(".", 2)
+        pid, key = name.rsplit(".", 2)[-2:]
         state.setdefault(int(pid), {})[key] = value
     for name, value in meta["scalars"].items():
         pid, key = name.split(".", 1)
@@ -329,24 +340,32 @@ def save_state(
     step: int,
     extra: dict,
     average: WeightAverage | None = None,
+    task: Task | None = None,
 ) -> None:
     """Everything needed to continue bit-identically, in one file (so it can never mix two steps)."""
     import json
 
-    opt_tensors, opt_meta = _optimizer_tensors(opt)
+    opt_tensors, opt_meta = optimizer_tensors(opt)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update(opt_tensors)
     if average is not None:
         tensors.update(average.state_tensors())
+    task_tensors, task_meta = task.extra_state() if task is not None else ({}, {})
+    tensors.update({f"task.{k}": v for k, v in task_tensors.items()})
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    meta = {"step": step, "order": order.state_dict(), "optimizer": opt_meta, **extra}
+    meta = {"step": step, "order": order.state_dict(), "optimizer": opt_meta, "task": task_meta, **extra}
     ckpt.save_tensors(run_dir / ckpt.STATE, tensors, {"state": json.dumps(meta)})
 
 
 def load_state(
-    run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, order, average: WeightAverage | None = None
+    run_dir: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    order,
+    average: WeightAverage | None = None,
+    task: Task | None = None,
 ) -> dict:
     import json
 
@@ -361,13 +380,16 @@ def load_state(
             raise VQGenError(f"'{run_dir / ckpt.STATE}': '{name}' has the wrong shape; start again with --force")
     model.load_state_dict({k[len("model.") :]: tensors[k] for k in expected})
     meta = json.loads(metadata["state"])
-    _load_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
+    load_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     order.load_state_dict(meta["order"])
     if average is not None:
         average.load_state_tensors(tensors, run_dir / ckpt.STATE)
+    if task is not None:
+        task_tensors = {k[len("task.") :]: v for k, v in tensors.items() if k.startswith("task.")}
+        task.load_extra_state(task_tensors, meta.get("task", {}))
     return meta
 
 
@@ -492,7 +514,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
     average = WeightAverage(model, cfg.ema_weights) if cfg.ema_weights else None
     start_step = 0
     if resume:
-        meta = load_state(run_dir, model, opt, order, average)
+        meta = load_state(run_dir, model, opt, order, average, task)
         start_step = int(meta["step"])
     check_precision(device, cfg.precision)
     if cfg.compile:
@@ -527,7 +549,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
 
     def checkpoint(step: int) -> None:
         if main:
-            save_state(run_dir, model, opt, order, step, {"total": total}, average)
+            save_state(run_dir, model, opt, order, step, {"total": total}, average, task)
             with _maybe_applied(average):
                 ckpt.save_tensors(run_dir / ckpt.WEIGHTS, model.state_dict())
 
@@ -551,6 +573,8 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
+            with autocast(device, cfg.precision):
+                task.after_step()
             if average is not None:
                 average.update(step)
             if budget is not None:

@@ -135,6 +135,10 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
 
+    def last_layer(self) -> torch.Tensor:
+        """The weight of the layer that writes the image: where the adversarial weight compares gradients."""
+        return self.net[-1].weight
+
 
 class VQVAE(nn.Module):
     def __init__(self, cfg: AEConfig):

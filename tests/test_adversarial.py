@@ -1,0 +1,86 @@
+"""The adversarial option of stage one: the hinge losses, the adaptive weight, the schedule and exact resumption."""
+
+from __future__ import annotations
+
+import torch
+
+from vqgen.adversarial import (
+    ADAPTIVE_DELTA,
+    Adversary,
+    PatchDiscriminator,
+    adaptive_weight,
+    generator_loss,
+    hinge_discriminator_loss,
+)
+
+from conftest import run_cli
+from test_reliability import AE_FLAGS, _interrupt_at, _weights, assert_clean_error
+
+
+def test_hinge_losses_on_known_logits():
+    real = torch.tensor([2.0, 0.5, -1.0])  # margins: 0, 0.5, 2 → mean 2.5/3
+    fake = torch.tensor([-2.0, 0.0, 1.0])  # margins: 0, 1, 2 → mean 1
+    assert torch.isclose(hinge_discriminator_loss(real, fake), torch.tensor(0.5 * (2.5 / 3 + 1.0)))
+    assert hinge_discriminator_loss(torch.ones(4) * 3, -torch.ones(4) * 3) == 0  # confident and right: no loss
+    assert torch.isclose(generator_loss(fake), torch.tensor(1.0 / 3))
+
+
+def test_adaptive_weight_equals_the_formula_on_a_toy_decoder():
+    torch.manual_seed(0)
+    decoder = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    z, target = torch.randn(5, 4), torch.randn(5, 3)
+    out = decoder(z)
+    rec = ((out - target) ** 2).mean()
+    adv = -(out * torch.tensor([1.0, -2.0, 0.5])).mean()
+    w = decoder[2].weight
+    g_rec = torch.autograd.grad(rec, w, retain_graph=True)[0]
+    g_adv = torch.autograd.grad(adv, w, retain_graph=True)[0]
+    expected = g_rec.norm() / (g_adv.norm() + ADAPTIVE_DELTA)
+    got = adaptive_weight(rec, adv, w)
+    assert torch.isclose(got, expected) and not got.requires_grad
+    (rec + got * adv).backward()  # the graph is still there for the real backward pass
+    assert w.grad is not None
+
+
+def test_patch_discriminator_scores_patches():
+    logits = PatchDiscriminator(3)(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 1, 3, 3)
+
+
+def test_discriminator_waits_for_its_start_step():
+    torch.manual_seed(0)
+    adversary = Adversary(channels=1, weight=0.5, start=3, lr=1e-3, device=torch.device("cpu"))
+    before = [p.detach().clone() for p in adversary.discriminator.parameters()]
+    real = torch.rand(4, 1, 16, 16) * 2 - 1
+    last = torch.nn.Parameter(torch.randn(1, 1, 3, 3))
+    for step in range(5):
+        recon = torch.nn.functional.conv2d(real, last, padding=1)
+        rec = ((recon - real) ** 2).mean()
+        term, stats = adversary.generator_term(real, recon, rec, last)
+        changed = any(not torch.equal(a, b) for a, b in zip(before, adversary.discriminator.parameters(), strict=True))
+        if step < 3:
+            assert term == 0 and stats["adv_weight"] == 0 and not changed
+        else:
+            assert term != 0 and stats["adv_weight"] > 0
+        adversary.discriminator_step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, adversary.discriminator.parameters(), strict=True))
+
+
+def test_adversarial_resume_is_bit_identical(in_tmp, monkeypatch):
+    from vqgen.autoencoder import AutoencoderTask
+
+    flags = (*AE_FLAGS, "--adversarial", "0.5", "--adversarial-start", "3")
+    assert run_cli("train-ae", *flags, "--out", "straight").code == 0
+    with monkeypatch.context() as m:
+        _interrupt_at(m, AutoencoderTask, 6)
+        assert run_cli("train-ae", *flags, "--out", "cut").code == 130
+    assert run_cli("train-ae", "--out", "cut", "--resume").code == 0
+    a, b = _weights(in_tmp / "straight/model.safetensors"), _weights(in_tmp / "cut/model.safetensors")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    sa, sb = _weights(in_tmp / "straight/state.safetensors"), _weights(in_tmp / "cut/state.safetensors")
+    discriminator = [k for k in sa if k.startswith("task.adv.")]
+    assert discriminator and not any(k.startswith("adv") for k in a)  # its weights stay out of model.safetensors
+    for name in discriminator:
+        assert torch.equal(sa[name], sb[name]), name
+    assert_clean_error(run_cli("train-ae", *AE_FLAGS, "--adversarial", "-1", "--out", "bad"), "--adversarial")

@@ -1,0 +1,104 @@
+"""The adversarial option of stage one, as in VQGAN (Esser et al. 2021, arXiv 2012.09841).
+
+A PatchGAN discriminator scores overlapping patches of an image as real or reconstructed; it trains with the hinge
+loss and its own optimizer, and the autoencoder gets the generator's term −mean D(x̂), weighted adaptively by
+λ = ‖∇_w L_rec‖ / (‖∇_w L_adv‖ + δ), with both gradients taken at the decoder's last layer w, so the adversarial
+term never overwhelms the reconstruction term whatever their scales. Both start after a warm-up of steps: before
+it, the discriminator is neither used nor updated.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ADAPTIVE_DELTA = 1e-4  # δ in the adaptive weight
+ADAPTIVE_MAX = 1e4  # upper clamp of λ, for the first steps when ‖∇L_adv‖ is tiny
+
+
+class PatchDiscriminator(nn.Module):
+    """(B, C, n, n) in [-1, 1] → (B, 1, p, p) logits, one per overlapping patch.
+
+    Stride-2 4×4 convolutions halve the resolution `layers` times, then a stride-1 4×4 convolution gives the patch
+    logits; each logit sees a patch of 34 pixels for 3 layers. GroupNorm rather than BatchNorm: the logits of a real
+    and a reconstructed batch must not depend on each other."""
+
+    def __init__(self, channels: int, width: int = 64, layers: int = 3):
+        super().__init__()
+        blocks: list[nn.Module] = [nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        c = width
+        for _ in range(layers - 1):
+            blocks += [
+                nn.Conv2d(c, 2 * c, 4, stride=2, padding=1, bias=False),
+                nn.GroupNorm(8, 2 * c),
+                nn.LeakyReLU(0.2),
+            ]
+            c *= 2
+        blocks += [nn.Conv2d(c, 1, 4, stride=1, padding=1)]  # (B, 1, p, p)
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """½·(mean max(0, 1 − D(x)) + mean max(0, 1 + D(x̂))): 0 once real patches score ≥ 1 and fakes ≤ −1."""
+    return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
+
+
+def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """−mean D(x̂): the autoencoder is rewarded where its reconstructions look real to the discriminator."""
+    return -fake_logits.mean()
+
+
+def adaptive_weight(rec_loss: torch.Tensor, adv_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
+    """λ = ‖∇_w L_rec‖ / (‖∇_w L_adv‖ + δ) at the decoder's last weight w, clamped to [0, 1e4], without gradient."""
+    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+    adv_grad = torch.autograd.grad(adv_loss, last_layer, retain_graph=True)[0]
+    weight = rec_grad.norm() / (adv_grad.norm() + ADAPTIVE_DELTA)
+    return weight.clamp(0.0, ADAPTIVE_MAX).detach()
+
+
+class Adversary:
+    """The discriminator, its optimizer and its schedule: the part of adversarial training that the autoencoder's
+    task owns. `generator_term` is added to the autoencoder's loss; `discriminator_step` runs after the
+    autoencoder's optimizer step, on the same batch."""
+
+    def __init__(self, channels: int, weight: float, start: int, lr: float, device: torch.device):
+        self.weight, self.start = weight, start
+        self.discriminator = PatchDiscriminator(channels).to(device)
+        # β1 = 0.5 as in VQGAN: a GAN's moving target makes long momentum harmful
+        self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.9))
+        self.steps = 0  # autoencoder steps seen, saved with the training state
+        self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.steps >= self.start
+
+    def generator_term(
+        self, real: torch.Tensor, recon: torch.Tensor, rec_loss: torch.Tensor, last_layer: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted adversarial loss of the autoencoder for this batch (0 before the start step)."""
+        if not self.active:
+            self._batch = None
+            zero = rec_loss.new_zeros(())
+            return zero, {"adv_weight": zero.detach(), "d_loss": zero.detach()}
+        adv = generator_loss(self.discriminator(recon))
+        lam = adaptive_weight(rec_loss, adv, last_layer)
+        self._batch = (real.detach(), recon.detach())
+        return self.weight * lam * adv, {"adv_weight": lam}
+
+    def discriminator_step(self) -> torch.Tensor | None:
+        """One hinge-loss update on the last batch's real and reconstructed images; returns the loss (or None)."""
+        self.steps += 1
+        if self._batch is None:
+            return None
+        real, fake = self._batch
+        self._batch = None
+        loss = hinge_discriminator_loss(self.discriminator(real), self.discriminator(fake))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()

@@ -152,7 +152,12 @@ def test_eval_autoencoder_only(runs):
     assert report["kind"] == "vqgen-eval" and report["data"]["name"] == "shapes"
     rec = report["reconstruction"]
     assert rec["split"] == "test" and rec["n"] == 2000 and rec["codebook_size"] == 32
-    assert {"likelihood", "samples", "classifier"}.isdisjoint(report)
+    assert {"likelihood", "samples"}.isdisjoint(report)
+    # labelled data: the classifier says whether the reconstructions keep their class and their statistics
+    assert report["classifier"]["n"] == 2000 and rec["n_classified"] == 16
+    assert 0 <= rec["recon_class_accuracy"] <= 1 and 0 <= rec["original_class_accuracy"] <= 1
+    assert rec["fid_recon_vs_test"] >= 0 and rec["fid_train_vs_test"] >= 0
+    assert "reconstructions keeping their class" in result.out
     assert rec["psnr"] == pytest.approx(metrics.psnr_from_mse(rec["mse"]))
     assert -1 <= rec["ssim"] <= 1 and 0 < rec["codes_used"] <= 1 and 1 <= rec["perplexity"] <= 32
     # the same figures as the training loop's own held-out evaluation

@@ -376,6 +376,16 @@ def evaluate_run(
         # ---- stage one: reconstructions of the whole held-out split
         rec, test_codes, recons = reconstruction_pass(model, test, dev, opts.batch_size, keep=n_test, progress=progress)
         report["reconstruction"] = {"split": "test", "n": len(test), **rec, "codebook_size": k}
+        if pipe is None and labelled:
+            # ---- what the classifier makes of the reconstructions: do they keep their class, their statistics?
+            _, reference = _classifier_reference(report, dataset, dc, dev, opts, progress, recons, n_test)
+            report["reconstruction"] |= {
+                "n_classified": n_test,
+                "fid_recon_vs_test": reference["fid_recon_vs_test"],
+                "fid_train_vs_test": reference["fid_train_vs_test"],
+                "recon_class_accuracy": reference["recon_class_accuracy"],
+                "original_class_accuracy": reference["original_class_accuracy"],
+            }
         if pipe is not None:
             # ---- stage two: held-out likelihood, beside the unigram entropy (a prior that ignores context)
             limit = min(opts.train_limit, len(dataset.train))
@@ -442,36 +452,21 @@ def evaluate_run(
             }
             if labelled:
                 # ---- sample quality through the classifier's eyes
-                root = classifier_root(dc.data_root if dc.data_root is not None else default_root())
-                clf, clf_info = load_or_train_classifier(dataset, dc.data, root, dev, opts.classifier_steps, progress)
-                _, test_preds = classifier_outputs(clf, test.images, dev, opts.batch_size)
-                report["classifier"] = {
-                    "split": "test",
-                    "n": len(test),
-                    "accuracy": float((test_preds == test.labels).double().mean()),
-                    "features": clf.head.in_features,
-                    "path": clf_info["path"],
-                    "cached": clf_info["cached"],
-                    "train_steps": clf_info["steps"],
-                    "train_seconds": clf_info.get("train_seconds"),
-                }
+                clf, reference = _classifier_reference(report, dataset, dc, dev, opts, progress, recons, n_test)
                 images = decode_codes(pipe, grids, opts.batch_size)  # (n, C, n, n) uint8
                 sample_feats, sample_preds = classifier_outputs(clf, images, dev, opts.batch_size)
-                test_feats, _ = classifier_outputs(clf, test.images[:n_test], dev, opts.batch_size)
-                recon_feats, recon_preds = classifier_outputs(clf, recons, dev, opts.batch_size)
-                train_feats, _ = classifier_outputs(clf, dataset.train.images[:n_test], dev, opts.batch_size)
                 samples |= {
                     "split": "test",
                     "n_test": n_test,
-                    "fid_samples_vs_test": frechet_distance(sample_feats, test_feats),
+                    "fid_samples_vs_test": frechet_distance(sample_feats, reference["test_features"]),
                     # the floor a perfect prior would reach with this autoencoder
-                    "fid_recon_vs_test": frechet_distance(recon_feats, test_feats),
+                    "fid_recon_vs_test": reference["fid_recon_vs_test"],
                     # the estimator's own noise at this N: real train images against real held-out ones
-                    "fid_train_vs_test": frechet_distance(train_feats, test_feats),
+                    "fid_train_vs_test": reference["fid_train_vs_test"],
                     "features": f"classifier penultimate layer ({clf.head.in_features}-d)",
+                    # the ceiling of class accuracy: how often the class survives the autoencoder
+                    "recon_class_accuracy": reference["recon_class_accuracy"],
                 }
-                # the ceiling of class accuracy: how often the class survives the autoencoder
-                samples["recon_class_accuracy"] = float((recon_preds == test.labels[:n_test]).double().mean())
                 if labels is not None and prior_cfg.num_classes == dataset.num_classes:
                     hits = (sample_preds == labels).double()
                     samples["class_accuracy"] = float(hits.mean())
@@ -487,6 +482,46 @@ def evaluate_run(
     return report, path
 
 
+def _classifier_reference(
+    report: dict,
+    dataset: ImageData,
+    dc: DataConfig,
+    dev: torch.device,
+    opts: EvalOptions,
+    progress,
+    recons: torch.Tensor,
+    n_test: int,
+) -> tuple[Classifier, dict]:
+    """The data set's classifier (cached or trained; its held-out accuracy goes into report["classifier"]), and the
+    figures every sample is compared against: the first n_test held-out images' features, the reconstructions'
+    and the train images' Fréchet distances to them, and how often a class survives the autoencoder."""
+    test = dataset.test
+    root = classifier_root(dc.data_root if dc.data_root is not None else default_root())
+    clf, clf_info = load_or_train_classifier(dataset, dc.data, root, dev, opts.classifier_steps, progress)
+    _, test_preds = classifier_outputs(clf, test.images, dev, opts.batch_size)
+    report["classifier"] = {
+        "split": "test",
+        "n": len(test),
+        "accuracy": float((test_preds == test.labels).double().mean()),
+        "features": clf.head.in_features,
+        "path": clf_info["path"],
+        "cached": clf_info["cached"],
+        "train_steps": clf_info["steps"],
+        "train_seconds": clf_info.get("train_seconds"),
+    }
+    test_feats, _ = classifier_outputs(clf, test.images[:n_test], dev, opts.batch_size)
+    recon_feats, recon_preds = classifier_outputs(clf, recons, dev, opts.batch_size)
+    train_feats, _ = classifier_outputs(clf, dataset.train.images[:n_test], dev, opts.batch_size)
+    truth = test.labels[:n_test]
+    return clf, {
+        "test_features": test_feats,
+        "fid_recon_vs_test": frechet_distance(recon_feats, test_feats),
+        "fid_train_vs_test": frechet_distance(train_feats, test_feats),
+        "recon_class_accuracy": float((recon_preds == truth).double().mean()),
+        "original_class_accuracy": float((test_preds[:n_test] == truth).double().mean()),
+    }
+
+
 def report_rows(report: dict) -> dict[str, object]:
     """The figures of a report as (label → value) rows for a table, each label naming its split and size."""
     rows: dict[str, object] = {}
@@ -498,6 +533,12 @@ def report_rows(report: dict) -> dict[str, object]:
         rows[f"SSIM ({where})"] = rec["ssim"]
         rows[f"codes used, of K={rec['codebook_size']} ({where})"] = rec["codes_used"]
         rows[f"perplexity ({where})"] = rec["perplexity"]
+        if "fid_recon_vs_test" in rec:
+            held_out = f"test n={rec['n_classified']}"
+            rows[f"Fréchet distance: reconstructions vs {held_out}"] = rec["fid_recon_vs_test"]
+            rows[f"  noise: train images vs {held_out}"] = rec["fid_train_vs_test"]
+            rows[f"reconstructions keeping their class ({held_out})"] = rec["recon_class_accuracy"]
+            rows[f"  originals classified right ({held_out})"] = rec["original_class_accuracy"]
     nll = report.get("likelihood")
     if nll:
         where = f"{nll['split']}, n={nll['n']}"

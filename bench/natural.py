@@ -1,0 +1,81 @@
+"""Stage one on natural images: CIFAR-10 with the reconstruction loss alone against the adversarial option.
+
+    python bench/natural.py --steps 6000 --adversarial 0.1 --adversarial-start 2000
+
+Trains one autoencoder per variant on ../shared/datasets/CIFAR10/cifar10-train-40k.npz (10% held out by vqgen's
+array-file split) with the same flags apart from the variant's own, then runs `vqgen eval --ae RUN --n N` on each:
+held-out PSNR and SSIM, codes used, the reconstructions' Fréchet distance in the eval classifier's features (with
+train-vs-held-out images as the noise) and how often a reconstruction keeps its class beside how often the original
+is classified right. Writes bench/results/natural-cifar10.json and docs/cifar10-recon-<variant>.png (held-out
+originals over reconstructions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+from pathlib import Path
+
+from common import REPO, SHARED, vqgen, write_result
+
+CIFAR = SHARED / "CIFAR10" / "cifar10-train-40k.npz"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=6000, help="train-ae --steps for every variant")
+    parser.add_argument("--adversarial", type=float, default=0.1, help="--adversarial of the adversarial variant")
+    parser.add_argument("--adversarial-start", type=int, default=2000, help="its --adversarial-start")
+    parser.add_argument("--variants", default="mse,adversarial", help="which variants to run, comma-separated")
+    parser.add_argument("--extra", default="", help="more train-ae flags for every variant, e.g. '--downsample 2'")
+    parser.add_argument("--name", default="natural-cifar10", help="the results file's name")
+    parser.add_argument("--n", type=int, default=5000, help="held-out images for vqgen eval (at most 4,000 exist)")
+    args = parser.parse_args()
+    command = "python bench/natural.py " + " ".join(
+        f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(args).items()
+    )
+    os.chdir(REPO)
+    data = os.path.relpath(CIFAR)
+    flags = {
+        "mse": [],
+        "adversarial": ["--adversarial", str(args.adversarial), "--adversarial-start", str(args.adversarial_start)],
+    }
+    rows = {}
+    for variant in args.variants.split(","):
+        run = Path("runs") / "bench" / args.name / variant
+        train = ["train-ae", "--data", data, "--steps", str(args.steps), "--out", str(run), "--force"]
+        train += flags[variant] + shlex.split(args.extra)
+        seconds, _ = vqgen(*train)
+        evaluate = ["eval", "--ae", str(run), "--n", str(args.n)]
+        vqgen(*evaluate)
+        report = json.loads((run / "eval.json").read_text())
+        rec = report["reconstruction"]
+        config = json.loads((run / "config.json").read_text())
+        rows[variant] = {
+            "train_seconds": round(seconds, 1),
+            "steps": config["train"]["steps"],
+            "batch_size": config["train"]["batch_size"],
+            "grid": f"{config['model']['grid_size']}x{config['model']['grid_size']}",
+            "psnr": round(rec["psnr"], 2),
+            "ssim": round(rec["ssim"], 4),
+            "codes_used": round(rec["codes_used"], 4),
+            "perplexity": round(rec["perplexity"], 1),
+            "fid_recon_vs_test": round(rec["fid_recon_vs_test"], 3),
+            "fid_train_vs_test": round(rec["fid_train_vs_test"], 3),
+            "recon_class_accuracy": rec["recon_class_accuracy"],
+            "original_class_accuracy": rec["original_class_accuracy"],
+            "keep_ratio": round(rec["recon_class_accuracy"] / rec["original_class_accuracy"], 4),
+            "classifier_accuracy": report["classifier"]["accuracy"],
+            "commands": ["vqgen " + shlex.join(train), "vqgen " + shlex.join(evaluate)],
+        }
+        print(json.dumps({variant: rows[variant]}))
+        Path("docs").mkdir(exist_ok=True)
+        shutil.copyfile(run / "recon.png", Path("docs") / f"cifar10-recon-{args.name}-{variant}.png")
+    write_result(args.name, command, {"data": str(data), "variants": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -264,3 +264,22 @@ def test_classifier_cache_avoids_a_read_only_data_root(tmp_path, monkeypatch):
         assert classifier_root(shared) == tmp_path / "cache"
     finally:
         shared.chmod(0o755)
+
+
+def test_eval_guidance_and_label_frequencies(runs, tmp_path):
+    _, prior = runs
+    out = tmp_path / "guided.json"
+    result = _eval("--prior", prior, "--n", "40", "--class", "none", "--guidance", "2", "--out", out)
+    assert result.code == 0, result.err
+    s = json.loads(out.read_text())["samples"]
+    assert s["guidance"] == 2.0 and s["labels"] == "training label frequencies" and s["n"] == 40
+    assert not (prior / "eval-guided.json").exists()  # --out, not the run folder
+    cycled = _eval("--prior", prior, "--n", "40", "--out", tmp_path / "plain.json")
+    assert cycled.code == 0
+    s = json.loads((tmp_path / "plain.json").read_text())["samples"]
+    # the tiny prior was trained with the shapes preset, which records no guidance: plain conditional sampling
+    assert (
+        s["guidance"] == 1.0 and len(s["per_class_accuracy"]) == 4 and s["worst_class_accuracy"] <= s["class_accuracy"]
+    )
+    bad = _eval("--prior", prior, "--class", "sometimes")
+    assert bad.code == 2 and bad.err.startswith("error: --class")

@@ -316,6 +316,11 @@ class WeightAverage:
                 for p, a in zip(self.params, self.averages, strict=True):
                     p.data, a.data = a.data, p.data
 
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        for p, a in zip(self.params, self.averages, strict=True):
+            p.copy_(a)
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {f"ema.{name}": a for name, a in zip(self.names, self.averages, strict=True)}
 
@@ -635,6 +640,8 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
         checkpoint(total)
         train_seconds = time.perf_counter() - loop_start
     results = _evaluate(task, model, run_dir, total, final=True, main=main, average=average)
+    if average is not None:
+        average.copy_to_model()  # the model in memory is then the one in model.safetensors
     if budget is not None and main:
         ckpt.append_metrics(
             run_dir, {"step": total, "split": "budget", "minutes": cfg.minutes, "seconds": train_seconds}

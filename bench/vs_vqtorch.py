@@ -1,0 +1,106 @@
+"""vqgen's default quantizer beside lucidrains' vector-quantize-pytorch, with the same encoder, decoder and steps.
+
+    pip install -e '.[bench]'       # vector-quantize-pytorch: a benchmark extra, never a run-time dependency
+    python bench/vs_vqtorch.py --data mnist
+
+Both rows train the autoencoder of `vqgen train-ae`'s defaults for the data set (vqgen/presets.py: 3000 steps of 64
+on real data) through vqgen's one training loop, in this one process, one after the other, with the same seed and
+data order. Only the quantizer differs: vqgen's `ema` (k-means++ initialisation, restarts after 50 idle steps) or
+`VectorQuantize` (EMA decay 0.99, k-means initialisation, dead-code threshold 2, commitment 0.25, rotation trick
+off). Held-out PSNR, codes used and perplexity come from vqgen's own evaluation of the 10,000 test images; img/s is
+the mean training throughput after the first log window. Writes bench/results/vs_vqtorch-<data>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from vqgen.autoencoder import AutoencoderTask, DataConfig, evaluate_split
+from vqgen.presets import preset_for
+from vqgen.quantize import Quantizer, QuantizerOutput
+from vqgen.train import TrainConfig, fit, seed_everything
+from vqgen.vqvae import VQVAE, AEConfig
+
+from common import REPO, SHARED, mean_rate, write_result
+
+
+class LucidrainsVQ(Quantizer):
+    """vector_quantize_pytorch.VectorQuantize behind vqgen's quantizer interface (bench only)."""
+
+    def __init__(self, codebook_size: int, dim: int):
+        super().__init__()
+        from vector_quantize_pytorch import VectorQuantize
+
+        self.codebook_size, self.dim = codebook_size, dim
+        self.vq = VectorQuantize(
+            dim=dim,
+            codebook_size=codebook_size,
+            decay=0.99,
+            commitment_weight=0.25,
+            kmeans_init=True,
+            threshold_ema_dead_code=2,
+            rotation_trick=False,
+            accept_image_fmap=True,
+        )
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        quantized, indices, loss = self.vq(z)  # (B, D, H, W), (B, H, W), (1,)
+        counts = torch.bincount(indices.flatten(), minlength=self.codebook_size)
+        return QuantizerOutput(quantized, indices, loss.sum(), counts)
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.vq.get_output_from_indices(indices)  # (B, D, H, W), as accept_image_fmap gives it
+
+    def codebook(self) -> torch.Tensor:
+        return self.vq.codebook
+
+
+def train(name: str, data: str, root: str, quantizer: str, out: Path) -> dict:
+    preset = preset_for(data)
+    cfg = TrainConfig(steps=preset.ae_steps, batch_size=preset.ae_batch_size, lr=preset.ae_lr, ema_weights=0.0)
+    images = DataConfig(data, root).load()
+    channels, size, _ = images.image_shape
+    ae = AEConfig(image_size=size, channels=channels, hidden=preset.ae_hidden, codebook_size=preset.codebook_size)
+    seed_everything(cfg.seed)
+    model = VQVAE(ae)
+    if quantizer == "vector-quantize-pytorch":
+        model.quantizer = LucidrainsVQ(ae.codebook_size, ae.embed_dim)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    fit(AutoencoderTask(model, images, torch.device("cpu")), cfg, out)
+    held_out = evaluate_split(model, images.test, torch.device("cpu"))
+    return {
+        "quantizer": quantizer,
+        "psnr": round(held_out["psnr"], 2),
+        "codes_used": round(held_out["codes_used"], 4),
+        "perplexity": round(held_out["perplexity"], 1),
+        "img_per_s": round(mean_rate(out, "img_per_s"), 1),
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="mnist")
+    args = parser.parse_args()
+    os.chdir(REPO)
+    root = os.path.relpath(SHARED)
+    rows = []
+    for quantizer in ("vqgen ema (default)", "vector-quantize-pytorch"):
+        slug = "vqgen" if quantizer.startswith("vqgen") else "vqtorch"
+        rows.append(train(slug, args.data, root, quantizer, Path("runs") / "bench" / "vs_vqtorch" / slug))
+        print(json.dumps(rows[-1]))
+    from importlib.metadata import version
+
+    figures = {"data": args.data, "vector_quantize_pytorch": version("vector-quantize-pytorch"), "rows": rows}
+    write_result(f"vs_vqtorch-{args.data}", f"python bench/vs_vqtorch.py --data {args.data}", figures)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,6 +22,11 @@ from common import REPO, SHARED, last_metrics, vqgen, write_result
 from sampling import timed_sample
 
 
+def _folder_seconds(run: Path) -> float:
+    """How long a reused run trained: from config.json (written at the start) to the last metrics line."""
+    return (run / "metrics.jsonl").stat().st_mtime - (run / "config.json").stat().st_mtime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default="shapes", help="data set name, as for vqgen train-ae --data")
@@ -48,6 +53,8 @@ def main() -> None:
     ae_flags += ["--steps", str(args.ae_steps)] if args.ae_steps else []
     if args.ae is None and not (args.reuse and (ae / "model.safetensors").exists()):
         steps["train-ae"], _ = vqgen(*ae_flags)
+    elif args.ae is None:
+        steps["train-ae (reused: its run folder's file times)"] = _folder_seconds(ae)
 
     codes = base / "codes.safetensors"
     encode_flags = ["encode", "--ae", str(ae), *root, "--out", str(codes)]
@@ -60,6 +67,8 @@ def main() -> None:
     prior_flags += ["--batch-size", str(args.prior_batch)] if args.prior_batch else []
     if args.prior is None and not (args.reuse and last_metrics(prior, "test")):
         steps["train-prior"], _ = vqgen(*prior_flags)
+    elif args.prior is None:
+        steps["train-prior (reused: its run folder's file times)"] = _folder_seconds(prior)
 
     eval_flags = ["eval", "--prior", str(prior), *root, "--n", str(args.n)]
     evaluated = prior / "eval.json"

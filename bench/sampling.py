@@ -20,7 +20,7 @@ def timed_sample(prior: str, *extra: str, out_dir: str | None = None) -> dict:
     start = time.perf_counter()
     _, out = vqgen("sample", "--n", "64", "--prior", prior, "--out", out_dir, *extra)
     wall = time.perf_counter() - start
-    match = re.search(r"sampling ([\d.]+) s \(([\d,]+) codes/s\), decoding ([\d.]+) s", out)
+    match = re.search(r"sampling ([\d.]+) s \(([\d,]+) codes/s[^)]*\), decoding ([\d.]+) s", out)
     sampling, rate, decoding = float(match[1]), float(match[2].replace(",", "")), float(match[3])
     return {
         "process_seconds": round(wall, 2),

@@ -618,8 +618,9 @@ def sample(
     console.print(
         f"wrote {result.grid} and {len(result.files)} images {result.files[0].name}…{result.files[-1].name} in {out}/"
     )
+    guided = f", guidance {result.guidance:g}" if result.guidance is not None else ""
     console.print(
-        f"sampling {result.sample_seconds:.2f} s ({result.codes_per_second:,.0f} codes/s), "
+        f"sampling {result.sample_seconds:.2f} s ({result.codes_per_second:,.0f} codes/s{guided}), "
         f"decoding {result.decode_seconds:.2f} s"
     )
 

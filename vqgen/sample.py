@@ -235,6 +235,7 @@ class SampleResult:
     decode_seconds: float
     num_codes: int
     codes_path: Path | None = None
+    guidance: float | None = None  # the scale used (None: none)
 
     @property
     def codes_per_second(self) -> float:
@@ -278,7 +279,8 @@ def sample(
         ckpt.save_tensors(
             codes_path, tensors, {"kind": "vqgen-samples", "codebook_size": str(pipe.prior.cfg.codebook_size)}
         )
-    return SampleResult(grid, files, t1 - t0, t2 - t1, codes.numel(), codes_path)
+    guidance = resolve_guidance(pipe, opts.guidance, labels is not None)
+    return SampleResult(grid, files, t1 - t0, t2 - t1, codes.numel(), codes_path, guidance)
 
 
 def complete(

@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
-# The benchmarks behind the README's numbers (about three hours on a 2-core CPU); JSON in bench/results/.
+# The benchmarks behind the README's numbers (several hours on a 2-core CPU); JSON in bench/results/.
 bench: $(STAMP)
 	$(BIN)/python bench/ae_quantizers.py --quantizers ema,vq,simvq,fsq
 	$(BIN)/python bench/ae_quantizers.py --steps 500 --quantizers ema,vq,simvq --name ae_quantizers-500
@@ -31,9 +31,15 @@ bench: $(STAMP)
 	$(BIN)/python bench/priors.py --ae runs/bench/ae-ema --minutes 10
 	$(BIN)/python bench/sampling.py --prior runs/bench/prior-transformer --prior runs/bench/prior-pixelcnn
 	$(BIN)/python bench/speed.py --steps 100
-	$(BIN)/python bench/datasets.py --data mnist --ae runs/bench/ae-ema --prior runs/bench/prior-transformer
-	$(BIN)/python bench/datasets.py --data fashion-mnist --ae-steps 1500 --prior-steps 729 --prior-batch 64
+	$(BIN)/python bench/datasets.py --data mnist
+	$(BIN)/python bench/datasets.py --data fashion-mnist
 	$(BIN)/python bench/datasets.py --data shapes
+	$(BIN)/python bench/guidance.py --data mnist --prior runs/bench/mnist/prior
+	$(BIN)/python bench/guidance.py --data fashion-mnist --prior runs/bench/fashion-mnist/prior
+	$(BIN)/python bench/guidance.py --data shapes --prior runs/bench/shapes/prior --scales 1,1.5,2,3
+	$(BIN)/python bench/natural.py --steps 6000 --adversarial 0.2 --adversarial-start 2000
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python bench/vs_vqtorch.py --data mnist
 
 lint: $(STAMP)
 	$(BIN)/ruff check vqgen tests bench

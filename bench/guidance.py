@@ -45,6 +45,7 @@ def row(report: dict) -> dict:
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -60,6 +61,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ax.set_xlabel("samples of the asked class (%)")
     ax.set_ylabel("Fréchet distance (classifier features)")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -72,7 +75,13 @@ def main() -> None:
     parser.add_argument("--prior", required=True, help="a finished class-conditional prior run (class dropout > 0)")
     parser.add_argument("--scales", default="1,1.25,1.5,2,3", help="guidance scales to evaluate")
     parser.add_argument("--n", type=int, default=5000, help="samples per scale (and held-out images)")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the plot from bench/results/ and stop")
     args = parser.parse_args()
+    if args.plot_only:
+        figures = json.loads((REPO / "bench" / "results" / f"guidance-{args.data}.json").read_text())["figures"]
+        title = f"{args.data}: guidance sweep, n = {figures['n']} per scale"
+        plot(figures["scales"], REPO / "docs" / f"guidance-{args.data}.png", title)
+        return
     command = f"python bench/guidance.py --data {args.data} --prior {args.prior} --scales {args.scales} --n {args.n}"
     os.chdir(REPO)
     prior = Path(args.prior)

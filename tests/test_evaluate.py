@@ -277,9 +277,10 @@ def test_eval_guidance_and_label_frequencies(runs, tmp_path):
     cycled = _eval("--prior", prior, "--n", "40", "--out", tmp_path / "plain.json")
     assert cycled.code == 0
     s = json.loads((tmp_path / "plain.json").read_text())["samples"]
-    # the tiny prior was trained with the shapes preset, which records no guidance: plain conditional sampling
-    assert (
-        s["guidance"] == 1.0 and len(s["per_class_accuracy"]) == 4 and s["worst_class_accuracy"] <= s["class_accuracy"]
-    )
+    # the tiny prior was trained with the shapes preset, which records guidance 2: eval uses it unless told
+    assert s["guidance"] == 2.0 and len(s["per_class_accuracy"]) == 4
+    assert s["worst_class_accuracy"] <= s["class_accuracy"]
+    plain = _eval("--prior", prior, "--n", "40", "--guidance", "1", "--out", tmp_path / "plain1.json")
+    assert plain.code == 0 and json.loads((tmp_path / "plain1.json").read_text())["samples"]["guidance"] == 1.0
     bad = _eval("--prior", prior, "--class", "sometimes")
     assert bad.code == 2 and bad.err.startswith("error: --class")

@@ -14,7 +14,7 @@ from vqgen.adversarial import (
 )
 
 from conftest import run_cli
-from test_reliability import AE_FLAGS, _interrupt_at, _weights, assert_clean_error
+from test_reliability import AE_FLAGS, _weights, assert_clean_error, resume_matches_straight_run
 
 
 def test_hinge_losses_on_known_logits():
@@ -70,14 +70,8 @@ def test_adversarial_resume_is_bit_identical(in_tmp, monkeypatch):
     from vqgen.autoencoder import AutoencoderTask
 
     flags = (*AE_FLAGS, "--adversarial", "0.5", "--adversarial-start", "3")
-    assert run_cli("train-ae", *flags, "--out", "straight").code == 0
-    with monkeypatch.context() as m:
-        _interrupt_at(m, AutoencoderTask, 6)
-        assert run_cli("train-ae", *flags, "--out", "cut").code == 130
-    assert run_cli("train-ae", "--out", "cut", "--resume").code == 0
-    a, b = _weights(in_tmp / "straight/model.safetensors"), _weights(in_tmp / "cut/model.safetensors")
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    resume_matches_straight_run(in_tmp, monkeypatch, "train-ae", AutoencoderTask, flags, at_step=6)
+    a = _weights(in_tmp / "straight/model.safetensors")
     sa, sb = _weights(in_tmp / "straight/state.safetensors"), _weights(in_tmp / "cut/state.safetensors")
     discriminator = [k for k in sa if k.startswith("task.adv.")]
     assert discriminator and not any(k.startswith("adv") for k in a)  # its weights stay out of model.safetensors

@@ -9,17 +9,9 @@ import torch
 
 from vqgen.priors import guided_logits
 
-from test_priors import ARCHS, K, T, random_codes, tiny_prior
+from test_priors import ARCHS, K, T, random_codes, single_thread, tiny_prior  # noqa: F401 (an autouse fixture)
 
 CLASSES = 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def guided_prior(arch: str):

@@ -56,6 +56,19 @@ def _weights(path):
     return ckpt.load_tensors(path)
 
 
+def resume_matches_straight_run(in_tmp, monkeypatch, command: str, task_cls, flags, at_step: int) -> None:
+    """Train once straight and once cut by SIGINT after `at_step` steps then resumed: the weights must be equal."""
+    assert run_cli(command, *flags, "--out", "straight").code == 0
+    with monkeypatch.context() as m:
+        _interrupt_at(m, task_cls, at_step)
+        assert run_cli(command, *flags, "--out", "cut").code == 130
+    assert run_cli(command, "--out", "cut", "--resume").code == 0
+    a, b = _weights(in_tmp / "straight/model.safetensors"), _weights(in_tmp / "cut/model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
 def test_autoencoder_resume_is_bit_identical(in_tmp, monkeypatch):
     from vqgen.autoencoder import AutoencoderTask
 
@@ -94,14 +107,7 @@ def test_prior_resume_is_bit_identical(in_tmp, monkeypatch):
         "--dropout",
         "0.1",
     )
-    assert run_cli("train-prior", *flags, "--out", "straight").code == 0
-    with monkeypatch.context() as m:
-        _interrupt_at(m, PriorTask, 4)
-        assert run_cli("train-prior", *flags, "--out", "cut").code == 130
-    assert run_cli("train-prior", "--out", "cut", "--resume").code == 0
-    a, b = _weights(in_tmp / "straight/model.safetensors"), _weights(in_tmp / "cut/model.safetensors")
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    resume_matches_straight_run(in_tmp, monkeypatch, "train-prior", PriorTask, flags, at_step=4)
 
 
 def test_nan_loss_stops_with_step_and_keeps_checkpoint(in_tmp, monkeypatch):
@@ -374,30 +380,10 @@ def test_prior_resume_with_weight_average_is_bit_identical(in_tmp, monkeypatch, 
     from vqgen.priors.training import PriorTask
 
     codes = str(trained / "runs/codes.safetensors")
-    flags = (
-        "--codes",
-        codes,
-        "--steps",
-        "10",
-        "--batch-size",
-        "16",
-        "--layers",
-        "1",
-        "--width",
-        "32",
-        "--eval-every",
-        "0",
-        "--ema-weights",
-        "0.9",
-    )
-    assert run_cli("train-prior", *flags, "--out", "straight").code == 0
-    with monkeypatch.context() as m:
-        _interrupt_at(m, PriorTask, 4)
-        assert run_cli("train-prior", *flags, "--out", "cut").code == 130
-    assert run_cli("train-prior", "--out", "cut", "--resume").code == 0
-    a, b = _weights(in_tmp / "straight/model.safetensors"), _weights(in_tmp / "cut/model.safetensors")
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    flags = ("--codes", codes, "--steps", "10", "--batch-size", "16", "--layers", "1", "--width", "32")
+    flags += ("--eval-every", "0", "--ema-weights", "0.9")
+    resume_matches_straight_run(in_tmp, monkeypatch, "train-prior", PriorTask, flags, at_step=4)
+    a = _weights(in_tmp / "straight/model.safetensors")
     state = ckpt.load_tensors(in_tmp / "straight" / ckpt.STATE)
     # the saved model is the average, the state keeps the trained weights beside it
     assert any(not torch.equal(a[k], state[f"model.{k}"]) for k in a)

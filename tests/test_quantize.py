@@ -190,5 +190,5 @@ def test_lookup_options_are_refused_for_fsq():
 
     with pytest.raises(ValueError, match="fsq"):
         AEConfig(quantizer="fsq", cosine=True)
-    with pytest.raises(ValueError, match="lookup_dim"):
+    with pytest.raises(ValueError, match="lookup-dim"):
         AEConfig(lookup_dim=128, embed_dim=64)

@@ -56,7 +56,7 @@ class AEConfig:
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}, not {self.quantizer!r}")
         if not 0 <= self.lookup_dim <= self.embed_dim:
-            raise ValueError(f"lookup_dim must be in [0, embed_dim={self.embed_dim}], not {self.lookup_dim}")
+            raise ValueError(f"--lookup-dim must be in [0, --embed-dim {self.embed_dim}], not {self.lookup_dim}")
         if self.quantizer == "fsq":
             if self.lookup_dim or self.cosine:
                 raise ValueError("--lookup-dim and --cosine apply to vq, ema and simvq; fsq has no codebook lookup")

@@ -84,7 +84,7 @@ class Adversary:
         if not self.active:
             self._batch = None
             zero = rec_loss.new_zeros(())
-            return zero, {"adv_weight": zero.detach(), "d_loss": zero.detach()}
+            return zero, {"adv_weight": zero.detach()}
         adv = generator_loss(self.discriminator(recon))
         lam = adaptive_weight(rec_loss, adv, last_layer)
         self._batch = (real.detach(), recon.detach())

@@ -80,8 +80,9 @@ MinutesOpt = Annotated[
     float | None,
     typer.Option(
         "--minutes",
-        help="Train for a wall-clock budget instead of --steps: the first 20 steps are timed, the learning-rate "
-        "schedule is set for the steps that fill the budget, and that step count goes into config.json (a re-run "
+        help="Train for a wall-clock budget instead of --steps: 20 probe steps are run (the last 18 timed), the "
+        "learning-rate schedule is set for the steps that fill the budget, and that count goes into config.json (a "
+        "re-run "
         "with --steps N repeats the run exactly). Evaluations during training come on top.",
         show_default=False,
     ),

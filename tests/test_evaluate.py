@@ -120,6 +120,44 @@ def test_classifier_is_cached_and_retrained_when_settings_change(tmp_path):
     assert info["cached"]
 
 
+def test_natural_colour_images_get_the_stronger_classifier_recipe(tmp_path):
+    from vqgen.evaluate import NATURAL_RECIPE, SMALL_RECIPE, Classifier, load_or_train_classifier, recipe_for
+
+    assert recipe_for("cifar10.npz", (3, 32, 32)) is NATURAL_RECIPE
+    assert recipe_for("shapes", (3, 32, 32)) is SMALL_RECIPE  # synthetic flat fills: the small net is > 99%
+    assert recipe_for("mnist", (1, 28, 28)) is SMALL_RECIPE
+    assert NATURAL_RECIPE.steps(36_000) == 3375 and SMALL_RECIPE.steps(60_000) == 600  # capped
+    small, double = Classifier(3, 10, 16), Classifier.for_recipe(3, 10, NATURAL_RECIPE)
+    convs = [sum(isinstance(m, torch.nn.Conv2d) for m in c.modules()) for c in (small, double)]
+    assert convs == [4, 7]
+    from vqgen.data import ImageData, Split
+
+    grey = _toy_data().train
+    split = Split(grey.images.expand(-1, 3, -1, -1).contiguous(), grey.labels)
+    colour = ImageData("toy", split, split, 2, ["dark", "bright"])
+    _, info = load_or_train_classifier(colour, "toy.npz", tmp_path, torch.device("cpu"), steps=2)
+    assert info["recipe"]["name"] == "natural" and not info["cached"]
+
+
+def test_flip_and_shift_moves_whole_images_within_the_padding():
+    from vqgen.evaluate import flip_and_shift
+
+    x = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).view(2, 3, 16, 16)
+    out = flip_and_shift(x, torch.Generator().manual_seed(0), pad=4)
+    assert out.shape == x.shape
+    # the centre 8×8 of every output is a contiguous 8×8 window of the (possibly mirrored) input, at a shift ≤ 4
+    for i in range(2):
+        centre = out[i, :, 4:12, 4:12]
+        found = [
+            (flip, dy, dx)
+            for flip in (False, True)
+            for dy in range(-4, 5)
+            for dx in range(-4, 5)
+            if torch.equal(centre, (x[i].flip(2) if flip else x[i])[:, 4 + dy : 12 + dy, 4 + dx : 12 + dx])
+        ]
+        assert len(found) == 1
+
+
 # ----------------------------------------------------------------------------------------------- end to end
 
 

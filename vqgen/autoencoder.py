@@ -215,7 +215,7 @@ def train_autoencoder(
     else:
         preset = preset_for(data_cfg.data)
         train = with_stage_defaults(train, preset.ae_steps, preset.ae_lr, preset.ae_batch_size, preset.ae_ema_weights)
-    device, dist_info = setup_device(train)
+    device, dist_info = setup_device(train, "autoencoder")
     if adversarial.weight > 0 and dist_info.world_size > 1:
         raise VQGenError("--adversarial does not run under torchrun yet; train it in one process")
     if not resume:

@@ -136,12 +136,17 @@ PrecisionOpt = Annotated[
     str,
     typer.Option(
         "--precision",
-        help="fp32, bf16 or fp16 autocast for the networks (quantizer stays fp32; fp16 needs a GPU).",
+        help="auto, fp32, bf16 or fp16 autocast for the networks (the quantizer stays fp32; fp16 needs a GPU). "
+        "auto: bf16 on a GPU with bf16 and, for the convolutional networks, on a CPU with native bf16 "
+        "(AVX-512 BF16 or AMX); fp32 elsewhere. The choice is printed and recorded in config.json.",
     ),
 ]
 SamplePrecisionOpt = Annotated[
     str,
-    typer.Option("--precision", help="fp32, bf16 or fp16 autocast for the autoencoder (the prior samples in fp32)."),
+    typer.Option(
+        "--precision",
+        help="auto, fp32, bf16 or fp16 autocast for the decoder (the prior samples in fp32); auto as in train-ae.",
+    ),
 ]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the networks (falls back if unsupported).")]
 LogEveryOpt = Annotated[int, typer.Option("--log-every", help="Steps between lines in metrics.jsonl.")]
@@ -294,7 +299,7 @@ def train_ae(
     ema_weights: EmaWeightsOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
+    precision: PrecisionOpt = "auto",
     compile: CompileOpt = False,
     log_every: LogEveryOpt = 50,
     eval_every: EvalEveryOpt = 0,
@@ -501,7 +506,7 @@ def train_prior_cmd(
     ema_weights: EmaWeightsOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
+    precision: PrecisionOpt = "auto",
     compile: CompileOpt = False,
     log_every: LogEveryOpt = 50,
     eval_every: EvalEveryOpt = 500,
@@ -605,7 +610,7 @@ def sample(
     ae: AeOverrideOpt = None,
     ignore_hash: IgnoreHashOpt = False,
     device: DeviceOpt = "auto",
-    precision: SamplePrecisionOpt = "fp32",
+    precision: SamplePrecisionOpt = "auto",
 ) -> None:
     """Sample new images: prior → codebook lookup → decoder. Writes OUT/grid.png and one PNG per image."""
     from vqgen.sample import SamplingOptions, load_pipeline
@@ -622,7 +627,7 @@ def sample(
     guided = f", guidance {result.guidance:g}" if result.guidance is not None else ""
     console.print(
         f"sampling {result.sample_seconds:.2f} s ({result.codes_per_second:,.0f} codes/s{guided}), "
-        f"decoding {result.decode_seconds:.2f} s"
+        f"decoding {result.decode_seconds:.2f} s ({pipe.precision})"
     )
 
 
@@ -645,7 +650,7 @@ def complete(
     ae: AeOverrideOpt = None,
     ignore_hash: IgnoreHashOpt = False,
     device: DeviceOpt = "auto",
-    precision: SamplePrecisionOpt = "fp32",
+    precision: SamplePrecisionOpt = "auto",
 ) -> None:
     """Encode images, keep their first rows of codes, let the prior sample the rest N times.
 

@@ -47,7 +47,7 @@ class Pipeline:
     device: torch.device
     ae_dir: Path
     class_names: list[str] | None = field(default=None)
-    precision: str = "fp32"  # autocast for the autoencoder; the prior always samples in fp32
+    precision: str = "fp32"  # autocast for the autoencoder (resolved, never auto); the prior samples in fp32
 
     @property
     def num_classes(self) -> int:
@@ -72,15 +72,15 @@ def load_pipeline(
     device: str = "auto",
     ae_run: str | Path | None = None,
     ignore_hash: bool = False,
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> Pipeline:
     """The prior of a run folder and the autoencoder whose codes it learned (found from the prior's config)."""
     from vqgen.autoencoder import load_autoencoder
     from vqgen.priors.training import load_prior
-    from vqgen.train import check_precision, resolve_device
+    from vqgen.train import resolve_device, resolve_precision
 
     dev = resolve_device(device)
-    check_precision(dev, precision)
+    precision = resolve_precision(precision, dev, "autoencoder")
     prior, config = load_prior(prior_run, dev)
     recorded = config.get("ae", {})
     if ae_run is not None:

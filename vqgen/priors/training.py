@@ -41,6 +41,7 @@ class PriorTask(Task):
         self.examples_per_row = codes.grid_size**2
         self.ae_run = ae_run
         self.conditional = model.cfg.num_classes > 0
+        self.network = model.cfg.arch
 
     def num_rows(self) -> int:
         return self.codes.train_codes.shape[0]
@@ -142,7 +143,7 @@ def train_prior(
             train, preset.prior_steps, preset.prior_lr, preset.prior_batch_size, preset.prior_ema_weights
         )
         prior = with_size(prior, layers, width, heads, preset)
-    device, dist_info = setup_device(train)
+    device, dist_info = setup_device(train, prior.arch)
     if not resume:
         run_dir = on_main(ckpt.prepare_run_dir, run_dir, resume=False, force=force)
     has_labels = codes.train_labels is not None and codes.num_classes > 0

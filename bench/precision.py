@@ -1,0 +1,116 @@
+"""fp32 against bf16 autocast on this machine: the matmul peak, each network's training throughput, and quality.
+
+    python bench/precision.py [--speed-steps 200] [--quality]
+
+Speed: a 2048² `torch.mm` timed in each dtype (the machine's peak), then `train-ae` (MNIST, default flags) and
+`train-prior` with each architecture on MNIST codes, each for --speed-steps steps in fp32 and in bf16; the img/s or
+codes/s is the mean over the log windows after the first. `--precision auto` (vqgen.train.auto_precision) follows
+these ratios: bf16 where it wins on this kind of CPU.
+
+Quality (--quality, about 30 minutes on 2 cores): both stages at the default budgets on MNIST, in fp32 and in bf16
+from the same seed: held-out PSNR of the autoencoder, held-out bits per code of the Transformer prior (on the same
+codes). The target is |ΔPSNR| ≤ 0.2 dB and |Δbits/code| ≤ 0.02.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import time
+from pathlib import Path
+
+import torch
+
+from common import REPO, SHARED, last_metrics, mean_rate, vqgen, write_result
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of an n×n by n×n matmul in `dtype`, best of `repeats`."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)  # warm-up: thread pool and kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--speed-steps", type=int, default=200)
+    parser.add_argument("--quality", action="store_true", help="also both stages at their default budgets")
+    parser.add_argument("--name", default="precision")
+    args = parser.parse_args()
+    command = "python bench/precision.py " + " ".join(
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {shlex.quote(str(v))}")
+        for k, v in vars(args).items()
+        if v not in (None, False)
+    )
+    os.chdir(REPO)
+    base = Path("runs") / "bench" / "precision"
+    root = ["--data-root", os.path.relpath(SHARED)]
+    figures: dict = {"matmul_gflops": {}, "speed": [], "quality": []}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        figures["matmul_gflops"][name] = round(matmul_peak(dtype) / 1e9, 1)
+        print(name, "matmul", figures["matmul_gflops"][name], "GFLOP/s", flush=True)
+
+    codes = Path("runs") / "bench" / "mnist" / "codes.safetensors"
+    if not codes.exists():
+        raise SystemExit(f"{codes} is missing: run python bench/datasets.py --data mnist first")
+    log = ["--log-every", str(max(1, args.speed_steps // 8)), "--save-every", "0", "--force"]
+    networks = {
+        "autoencoder": ["train-ae", "--data", "mnist", *root],
+        "transformer": ["train-prior", "--codes", str(codes), "--arch", "transformer"],
+        "pixelcnn": ["train-prior", "--codes", str(codes), "--arch", "pixelcnn"],
+    }
+    for network, flags in networks.items():
+        rates = {}
+        for precision in ("fp32", "bf16"):
+            run = base / f"speed-{network}-{precision}"
+            cmd = [*flags, "--steps", str(args.speed_steps), *log, "--out", str(run), "--precision", precision]
+            vqgen(*cmd)
+            unit = "img_per_s" if network == "autoencoder" else "code_per_s"
+            rates[precision] = mean_rate(run, unit)
+            figures["speed"].append(
+                {"network": network, "precision": precision, unit: round(rates[precision], 1), "command": cmd}
+            )
+        ratio = rates["bf16"] / rates["fp32"]
+        figures["speed"].append({"network": network, "bf16_over_fp32": round(ratio, 3)})
+        print(network, {k: round(v) for k, v in rates.items()}, f"bf16/fp32 {ratio:.2f}", flush=True)
+
+    if args.quality:
+        for precision in ("fp32", "bf16"):
+            ae = base / f"ae-{precision}"
+            ae_cmd = ["train-ae", "--data", "mnist", *root, "--out", str(ae), "--force", "--precision", precision]
+            ae_seconds, _ = vqgen(*ae_cmd)
+            # the prior's comparison is on one set of codes (the fp32 autoencoder's), so only its precision differs
+            codes_q = base / "codes-fp32.safetensors"
+            if precision == "fp32":
+                vqgen("encode", "--ae", str(ae), *root, "--out", str(codes_q))
+            prior = base / f"prior-{precision}"
+            prior_cmd = ["train-prior", "--codes", str(codes_q), "--out", str(prior), "--force"]
+            prior_cmd += ["--precision", precision]
+            prior_seconds, _ = vqgen(*prior_cmd)
+            row = {
+                "precision": precision,
+                "psnr": round(last_metrics(ae, "test")["psnr"], 3),
+                "ae_seconds": round(ae_seconds, 1),
+                "bits_per_code": round(last_metrics(prior, "test")["bits_per_code"], 4),
+                "prior_seconds": round(prior_seconds, 1),
+                "commands": [ae_cmd, prior_cmd],
+            }
+            print(row, flush=True)
+            figures["quality"].append(row)
+        fp32, bf16 = figures["quality"]
+        figures["quality_delta"] = {
+            "psnr_db": round(bf16["psnr"] - fp32["psnr"], 3),
+            "bits_per_code": round(bf16["bits_per_code"] - fp32["bits_per_code"], 4),
+        }
+        print(figures["quality_delta"])
+    write_result(args.name, command, figures)
+
+
+if __name__ == "__main__":
+    main()

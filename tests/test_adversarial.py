@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from vqgen.adversarial import (
@@ -78,3 +80,30 @@ def test_adversarial_resume_is_bit_identical(in_tmp, monkeypatch):
     for name in discriminator:
         assert torch.equal(sa[name], sb[name]), name
     assert_clean_error(run_cli("train-ae", *AE_FLAGS, "--adversarial", "-1", "--out", "bad"), "--adversarial")
+
+
+def test_feature_matching_is_the_mean_l1_over_the_discriminators_layers():
+    from vqgen.adversarial import feature_matching_loss
+
+    torch.manual_seed(0)
+    disc = PatchDiscriminator(3)
+    real, fake = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32, requires_grad=True)
+    (fr, fl), (rr, _) = disc.features(fake), disc.features(real)
+    assert len(fr) == 3 and torch.equal(fl, disc(fake))  # the same logits as forward()
+    expected = sum((a - b).abs().mean() for a, b in zip(fr, rr, strict=True)) / 3
+    got = feature_matching_loss(fr, rr)
+    assert torch.isclose(got, expected) and feature_matching_loss(rr, rr) == 0
+    got.backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0  # it pulls the reconstruction, not the original
+
+
+def test_feature_matching_trains_resumes_and_needs_the_discriminator(in_tmp, monkeypatch):
+    from vqgen.autoencoder import AutoencoderTask
+
+    flags = (*AE_FLAGS, "--adversarial", "0.5", "--adversarial-start", "2", "--feature-matching", "1")
+    resume_matches_straight_run(in_tmp, monkeypatch, "train-ae", AutoencoderTask, flags, at_step=4)
+    records = [json.loads(line) for line in (in_tmp / "straight/metrics.jsonl").read_text().splitlines()]
+    matching = [r["feature_matching"] for r in records if r["split"] == "train"]
+    assert matching and matching[-1] > 0
+    assert json.loads((in_tmp / "straight/config.json").read_text())["adversarial"]["feature_matching"] == 1
+    assert_clean_error(run_cli("train-ae", *AE_FLAGS, "--feature-matching", "1", "--out", "bad"), "--adversarial")

@@ -5,6 +5,10 @@ loss and its own optimizer, and the autoencoder gets the generator's term −mea
 λ = ‖∇_w L_rec‖ / (‖∇_w L_adv‖ + δ), with both gradients taken at the decoder's last layer w, so the adversarial
 term never overwhelms the reconstruction term whatever their scales. Both start after a warm-up of steps: before
 it, the discriminator is neither used nor updated.
+
+Feature matching (pix2pixHD, arXiv 1711.11585) needs no pretrained network: the reconstruction is also pulled
+towards the original in the discriminator's own hidden layers, mean |D_l(x̂) − D_l(x)| over its layers l, a
+perceptual distance that the discriminator keeps learning.
 """
 
 from __future__ import annotations
@@ -41,6 +45,21 @@ class PatchDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """x (B, C, n, n) → the output of each hidden layer (after its activation), and the patch logits."""
+        hidden = []
+        for layer in self.net:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                hidden.append(x)
+        return hidden, x
+
+
+def feature_matching_loss(fake: list[torch.Tensor], real: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over layers of the mean absolute difference of the discriminator's features; `real` is a target (no
+    gradient flows into it)."""
+    return torch.stack([F.l1_loss(f.float(), r.detach().float()) for f, r in zip(fake, real, strict=True)]).mean()
+
 
 def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """½·(mean max(0, 1 − D(x)) + mean max(0, 1 + D(x̂))): 0 once real patches score ≥ 1 and fakes ≤ −1."""
@@ -65,8 +84,16 @@ class Adversary:
     task owns. `generator_term` is added to the autoencoder's loss; `discriminator_step` runs after the
     autoencoder's optimizer step, on the same batch."""
 
-    def __init__(self, channels: int, weight: float, start: int, lr: float, device: torch.device):
-        self.weight, self.start = weight, start
+    def __init__(
+        self,
+        channels: int,
+        weight: float,
+        start: int,
+        lr: float,
+        device: torch.device,
+        feature_weight: float = 0.0,
+    ):
+        self.weight, self.start, self.feature_weight = weight, start, feature_weight
         self.discriminator = PatchDiscriminator(channels).to(device)
         # β1 = 0.5 as in VQGAN: a GAN's moving target makes long momentum harmful
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.9))
@@ -81,14 +108,23 @@ class Adversary:
         self, real: torch.Tensor, recon: torch.Tensor, rec_loss: torch.Tensor, last_layer: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The weighted adversarial loss of the autoencoder for this batch (0 before the start step)."""
+        zero = rec_loss.new_zeros(())
         if not self.active:
             self._batch = None
-            zero = rec_loss.new_zeros(())
-            return zero, {"adv_weight": zero.detach()}
-        adv = generator_loss(self.discriminator(recon))
+            stats = {"adv_weight": zero.detach()}
+            return zero, stats | ({"feature_matching": zero.detach()} if self.feature_weight else {})
+        fake_features, fake_logits = self.discriminator.features(recon)
+        adv = generator_loss(fake_logits)
         lam = adaptive_weight(rec_loss, adv, last_layer)
         self._batch = (real.detach(), recon.detach())
-        return self.weight * lam * adv, {"adv_weight": lam}
+        term, stats = self.weight * lam * adv, {"adv_weight": lam}
+        if self.feature_weight:
+            with torch.no_grad():
+                real_features, _ = self.discriminator.features(real)
+            matching = feature_matching_loss(fake_features, real_features)
+            term = term + self.feature_weight * matching
+            stats["feature_matching"] = matching.detach()
+        return term, stats
 
     def discriminator_step(self) -> torch.Tensor | None:
         """One hinge-loss update on the last batch's real and reconstructed images; returns the loss (or None)."""

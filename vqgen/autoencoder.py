@@ -49,10 +49,15 @@ class AdversarialConfig:
     weight: float = 0.0  # weight of the adaptive adversarial term (0: off)
     start: int = 0  # autoencoder steps before the discriminator is used and trained
     lr: float | None = None  # the discriminator's learning rate (None: the autoencoder's)
+    feature_matching: float = 0.0  # weight of the L1 distance in the discriminator's features (0: off)
 
     def validate(self) -> None:
         if not self.weight >= 0:
             raise VQGenError(f"--adversarial must be a weight >= 0 (0: off), not {self.weight}")
+        if not self.feature_matching >= 0:
+            raise VQGenError(f"--feature-matching must be a weight >= 0 (0: off), not {self.feature_matching}")
+        if self.feature_matching > 0 and self.weight == 0:
+            raise VQGenError("--feature-matching uses the discriminator: give --adversarial WEIGHT too")
         if self.start < 0:
             raise VQGenError(f"--adversarial-start must be a step >= 0, not {self.start}")
         if self.lr is not None and not self.lr > 0:
@@ -134,6 +139,8 @@ class AutoencoderTask(Task):
         }
         if "adv_weight" in sums:
             metrics["adv_weight"] = float(sums["adv_weight"]) / steps  # the adaptive λ, 0 before the start
+        if "feature_matching" in sums:
+            metrics["feature_matching"] = float(sums["feature_matching"]) / steps
         return metrics
 
     def progress_text(self, m: dict[str, float]) -> str:
@@ -257,7 +264,14 @@ def train_autoencoder(
         )
     adversary = None
     if adversarial.weight > 0:
-        adversary = Adversary(channels, adversarial.weight, adversarial.start, adversarial.lr or train.lr, device)
+        adversary = Adversary(
+            channels,
+            adversarial.weight,
+            adversarial.start,
+            adversarial.lr or train.lr,
+            device,
+            feature_weight=adversarial.feature_matching,
+        )
     task = AutoencoderTask(model, data, device, adversary=adversary)
     results = fit(task, train, run_dir, resume=resume, console=console)
     return results, run_dir

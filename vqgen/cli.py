@@ -291,6 +291,14 @@ def train_ae(
             show_default=False,
         ),
     ] = None,
+    feature_matching: Annotated[
+        float,
+        typer.Option(
+            "--feature-matching",
+            help="Weight of feature matching: the L1 distance between original and reconstruction in the "
+            "discriminator's hidden layers, a perceptual loss that needs no pretrained network (needs --adversarial).",
+        ),
+    ] = 0.0,
     steps: StepsOpt = None,
     epochs: EpochsOpt = None,
     minutes: MinutesOpt = None,
@@ -358,7 +366,7 @@ def train_ae(
     )
     data_cfg = DataConfig(data, data_root, image_size, channels, strict)
     console = _console()
-    gan = AdversarialConfig(adversarial, adversarial_start, adversarial_lr)
+    gan = AdversarialConfig(adversarial, adversarial_start, adversarial_lr, feature_matching)
     results, run_dir = train_autoencoder(ae, train, data_cfg, out, resume, force, console, gan)
     _print_table(f"held-out results ({run_dir})", results, console)
     console.print(f"wrote {run_dir}/model.safetensors, metrics.jsonl, recon.png")

@@ -27,6 +27,15 @@ CIFAR = SHARED / "CIFAR10" / "cifar10-train-40k.npz"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6000, help="train-ae --steps for every variant")
+    parser.add_argument("--minutes", type=float, default=None, help="train-ae --minutes instead of --steps")
+    parser.add_argument(
+        "--adversarial-steps",
+        type=int,
+        default=None,
+        help="--steps of 'adversarial' (default: as the others); --minutes cannot foresee the discriminator's cost",
+    )
+    parser.add_argument("--feature-matching", type=float, default=0.0, help="--feature-matching of 'adversarial'")
+    parser.add_argument("--prior", action="store_true", help="also a prior on each variant's codes, and its samples")
     parser.add_argument("--adversarial", type=float, default=0.1, help="--adversarial of the adversarial variant")
     parser.add_argument("--adversarial-start", type=int, default=2000, help="its --adversarial-start")
     parser.add_argument("--variants", default="mse,adversarial", help="which variants to run, comma-separated")
@@ -42,12 +51,16 @@ def main() -> None:
     data = os.path.relpath(CIFAR)
     flags = {
         "mse": [],
-        "adversarial": ["--adversarial", str(args.adversarial), "--adversarial-start", str(args.adversarial_start)],
+        "adversarial": ["--adversarial", str(args.adversarial), "--adversarial-start", str(args.adversarial_start)]
+        + (["--feature-matching", str(args.feature_matching)] if args.feature_matching else []),
     }
+    budget = ["--minutes", str(args.minutes)] if args.minutes else ["--steps", str(args.steps)]
     rows = {}
     for variant in args.variants.split(","):
         run = Path("runs") / "bench" / args.name / variant
-        train = ["train-ae", "--data", data, "--steps", str(args.steps), "--out", str(run), "--force"]
+        own = variant == "adversarial" and args.adversarial_steps
+        steps = ["--steps", str(args.adversarial_steps)] if own else budget
+        train = ["train-ae", "--data", data, *steps, "--out", str(run), "--force"]
         train += flags[variant] + shlex.split(args.extra)
         evaluate = ["eval", "--ae", str(run), "--n", str(args.n)]
         evaluated, weights = run / "eval.json", run / "model.safetensors"
@@ -76,10 +89,44 @@ def main() -> None:
             "classifier_accuracy": report["classifier"]["accuracy"],
             "commands": ["vqgen " + shlex.join(train), "vqgen " + shlex.join(evaluate)],
         }
-        print(json.dumps({variant: rows[variant]}))
         Path("docs").mkdir(exist_ok=True)
         shutil.copyfile(run / "recon.png", Path("docs") / f"cifar10-recon-{args.name}-{variant}.png")
+        if args.prior:
+            rows[variant]["prior"] = prior_row(
+                run, args.n, args.reuse, Path("docs") / f"cifar10-samples-{args.name}-{variant}.png"
+            )
+        print(json.dumps({variant: rows[variant]}))
     write_result(args.name, command, {"data": str(data), "variants": rows})
+
+
+def prior_row(ae: Path, n: int, reuse: bool, grid: Path) -> dict:
+    """The default prior on the autoencoder's codes, `vqgen eval` of its samples, and a grid of 8 per class."""
+    codes, prior = ae / "codes.safetensors", ae / "prior"
+    encode = ["encode", "--ae", str(ae), "--out", str(codes)]
+    train = ["train-prior", "--codes", str(codes), "--out", str(prior), "--force"]
+    evaluate = ["eval", "--prior", str(prior), "--n", str(n)]
+    evaluated = prior / "eval.json"
+    if reuse and evaluated.exists() and evaluated.stat().st_mtime > (prior / "model.safetensors").stat().st_mtime:
+        seconds = (prior / "metrics.jsonl").stat().st_mtime - (prior / "config.json").stat().st_mtime
+    else:
+        vqgen(*encode)
+        seconds, _ = vqgen(*train)
+        vqgen(*evaluate)
+    sample = ["sample", "--prior", str(prior), "--n", "80", "--out", str(ae / "samples"), "--class", "all"]
+    vqgen(*sample)
+    shutil.copyfile(ae / "samples" / "grid.png", grid)
+    report = json.loads(evaluated.read_text())
+    s, test = report["samples"], report["likelihood"]
+    return {
+        "train_seconds": round(seconds, 1),
+        "bits_per_code": round(test["bits_per_code"], 4),
+        "bits_per_image": round(test["bits_per_image"], 1),
+        "fid_samples_vs_test": round(s["fid_samples_vs_test"], 3),
+        "fid_noise": round(s.get("fid_train_vs_test", float("nan")), 3),
+        "class_accuracy": s.get("class_accuracy"),
+        "guidance": s.get("guidance"),
+        "commands": ["vqgen " + shlex.join(c) for c in (encode, train, evaluate, sample)],
+    }
 
 
 if __name__ == "__main__":

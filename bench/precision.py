@@ -4,8 +4,9 @@
 
 Speed: a 2048² `torch.mm` timed in each dtype (the machine's peak), then `train-ae` (MNIST, default flags) and
 `train-prior` with each architecture on MNIST codes, each for --speed-steps steps in fp32 and in bf16; the img/s or
-codes/s is the mean over the log windows after the first. `--precision auto` (vqgen.train.auto_precision) follows
-these ratios: bf16 where it wins on this kind of CPU.
+codes/s is the mean over the log windows after the first. The FLOPs of one training step (torch's FlopCounterMode,
+forward and backward) times that rate give the achieved FLOP/s, set against the matmul peak of the same dtype.
+`--precision auto` (vqgen.train.auto_precision) follows these ratios: bf16 where it wins on this kind of CPU.
 
 Quality (--quality, about 30 minutes on 2 cores): both stages at the default budgets on MNIST, in fp32 and in bf16
 from the same seed: held-out PSNR of the autoencoder, held-out bits per code of the Transformer prior (on the same
@@ -15,6 +16,7 @@ codes). The target is |ΔPSNR| ≤ 0.2 dB and |Δbits/code| ≤ 0.02.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import time
@@ -35,6 +37,37 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
         torch.mm(a, b)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
+
+
+def flops_per_example(network: str, run: Path, batch: int = 64) -> float:
+    """FLOPs of one training step (forward and backward, counted by torch's FlopCounterMode) per image or code grid,
+    for the model in run folder `run`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cpu = torch.device("cpu")
+    if network == "autoencoder":
+        from vqgen.autoencoder import load_autoencoder
+        from vqgen.vqvae import reconstruction_loss
+
+        model, _ = load_autoencoder(run, cpu)
+        n = model.cfg.image_size
+        x = torch.rand(batch, model.cfg.channels, n, n) * 2 - 1
+        model.train()
+        with FlopCounterMode(display=False) as counter:
+            recon, vq = model(x)
+            (reconstruction_loss(recon, x) + vq.loss).backward()
+    else:
+        from vqgen.priors import code_cross_entropy
+        from vqgen.priors.training import load_prior
+
+        model, _ = load_prior(run, cpu)
+        m, k = model.cfg.grid_size, model.cfg.codebook_size
+        codes = torch.randint(0, k, (batch, m, m))
+        labels = torch.randint(0, model.cfg.num_classes, (batch,)) if model.cfg.num_classes else None
+        model.train()
+        with FlopCounterMode(display=False) as counter:
+            code_cross_entropy(model(codes, labels), codes).backward()
+    return counter.get_total_flops() / batch
 
 
 def main() -> None:
@@ -73,8 +106,24 @@ def main() -> None:
             vqgen(*cmd)
             unit = "img_per_s" if network == "autoencoder" else "code_per_s"
             rates[precision] = mean_rate(run, unit)
+            # codes/s counts every code of a grid: per grid, divide by m²
+            per_row = (
+                1
+                if network == "autoencoder"
+                else json.loads((run / "config.json").read_text())["model"]["grid_size"] ** 2
+            )
+            flops = flops_per_example(network, run)
+            achieved = flops * rates[precision] / per_row
             figures["speed"].append(
-                {"network": network, "precision": precision, unit: round(rates[precision], 1), "command": cmd}
+                {
+                    "network": network,
+                    "precision": precision,
+                    unit: round(rates[precision], 1),
+                    "gflop_per_example": round(flops / 1e9, 4),
+                    "achieved_gflops": round(achieved / 1e9, 1),
+                    "percent_of_matmul_peak": round(100 * achieved / 1e9 / figures["matmul_gflops"][precision], 1),
+                    "command": cmd,
+                }
             )
         ratio = rates["bf16"] / rates["fp32"]
         figures["speed"].append({"network": network, "bf16_over_fp32": round(ratio, 3)})

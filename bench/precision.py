@@ -1,6 +1,6 @@
 """fp32 against bf16 autocast on this machine: the matmul peak, each network's training throughput, and quality.
 
-    python bench/precision.py [--speed-steps 200] [--quality]
+    python bench/precision.py [--speed-steps 200] [--quality ae|both] [--no-speed]
 
 Speed: a 2048² `torch.mm` timed in each dtype (the machine's peak), then `train-ae` (MNIST, default flags) and
 `train-prior` with each architecture on MNIST codes, each for --speed-steps steps in fp32 and in bf16; the img/s or
@@ -8,9 +8,9 @@ codes/s is the mean over the log windows after the first. The FLOPs of one train
 forward and backward) times that rate give the achieved FLOP/s, set against the matmul peak of the same dtype.
 `--precision auto` (vqgen.train.auto_precision) follows these ratios: bf16 where it wins on this kind of CPU.
 
-Quality (--quality, about 30 minutes on 2 cores): both stages at the default budgets on MNIST, in fp32 and in bf16
-from the same seed: held-out PSNR of the autoencoder, held-out bits per code of the Transformer prior (on the same
-codes). The target is |ΔPSNR| ≤ 0.2 dB and |Δbits/code| ≤ 0.02.
+Quality (--quality both, about 30 minutes on 2 cores; --quality ae, 6): both stages at the default budgets on MNIST,
+in fp32 and in bf16 from the same seed: held-out PSNR of the autoencoder, held-out bits per code of the Transformer
+prior (on the same codes). The target is |ΔPSNR| ≤ 0.2 dB and |Δbits/code| ≤ 0.02.
 """
 
 from __future__ import annotations
@@ -73,13 +73,16 @@ def flops_per_example(network: str, run: Path, batch: int = 64) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--speed-steps", type=int, default=200)
-    parser.add_argument("--quality", action="store_true", help="also both stages at their default budgets")
+    parser.add_argument(
+        "--quality", choices=("none", "ae", "both"), default="none", help="stages to compare at their default budgets"
+    )
+    parser.add_argument("--no-speed", action="store_true", help="skip the throughput part")
     parser.add_argument("--name", default="precision")
     args = parser.parse_args()
     command = "python bench/precision.py " + " ".join(
         f"--{k.replace('_', '-')}" + ("" if v is True else f" {shlex.quote(str(v))}")
         for k, v in vars(args).items()
-        if v not in (None, False)
+        if v not in (None, False, "none")
     )
     os.chdir(REPO)
     base = Path("runs") / "bench" / "precision"
@@ -98,7 +101,7 @@ def main() -> None:
         "transformer": ["train-prior", "--codes", str(codes), "--arch", "transformer"],
         "pixelcnn": ["train-prior", "--codes", str(codes), "--arch", "pixelcnn"],
     }
-    for network, flags in networks.items():
+    for network, flags in networks.items() if not args.no_speed else ():
         rates = {}
         for precision in ("fp32", "bf16"):
             run = base / f"speed-{network}-{precision}"
@@ -129,7 +132,7 @@ def main() -> None:
         figures["speed"].append({"network": network, "bf16_over_fp32": round(ratio, 3)})
         print(network, {k: round(v) for k, v in rates.items()}, f"bf16/fp32 {ratio:.2f}", flush=True)
 
-    if args.quality:
+    if args.quality != "none":
         for precision in ("fp32", "bf16"):
             ae = base / f"ae-{precision}"
             ae_cmd = ["train-ae", "--data", "mnist", *root, "--out", str(ae), "--force", "--precision", precision]
@@ -138,25 +141,26 @@ def main() -> None:
             codes_q = base / "codes-fp32.safetensors"
             if precision == "fp32":
                 vqgen("encode", "--ae", str(ae), *root, "--out", str(codes_q))
-            prior = base / f"prior-{precision}"
-            prior_cmd = ["train-prior", "--codes", str(codes_q), "--out", str(prior), "--force"]
-            prior_cmd += ["--precision", precision]
-            prior_seconds, _ = vqgen(*prior_cmd)
             row = {
                 "precision": precision,
                 "psnr": round(last_metrics(ae, "test")["psnr"], 3),
                 "ae_seconds": round(ae_seconds, 1),
-                "bits_per_code": round(last_metrics(prior, "test")["bits_per_code"], 4),
-                "prior_seconds": round(prior_seconds, 1),
-                "commands": [ae_cmd, prior_cmd],
+                "commands": [ae_cmd],
             }
+            if args.quality == "both":
+                prior = base / f"prior-{precision}"
+                prior_cmd = ["train-prior", "--codes", str(codes_q), "--out", str(prior), "--force"]
+                prior_cmd += ["--precision", precision]
+                prior_seconds, _ = vqgen(*prior_cmd)
+                row["bits_per_code"] = round(last_metrics(prior, "test")["bits_per_code"], 4)
+                row["prior_seconds"] = round(prior_seconds, 1)
+                row["commands"].append(prior_cmd)
             print(row, flush=True)
             figures["quality"].append(row)
         fp32, bf16 = figures["quality"]
-        figures["quality_delta"] = {
-            "psnr_db": round(bf16["psnr"] - fp32["psnr"], 3),
-            "bits_per_code": round(bf16["bits_per_code"] - fp32["bits_per_code"], 4),
-        }
+        figures["quality_delta"] = {"psnr_db": round(bf16["psnr"] - fp32["psnr"], 3)}
+        if args.quality == "both":
+            figures["quality_delta"]["bits_per_code"] = round(bf16["bits_per_code"] - fp32["bits_per_code"], 4)
         print(figures["quality_delta"])
     write_result(args.name, command, figures)
 

@@ -39,6 +39,9 @@ AE_FLAGS = (
 )
 # PixelCNN rather than the default Transformer: conditional, its last layer's vertical label bias gets no gradient,
 # which plain DDP rejects
+# N processes train what 1 does only up to reduction order; in bf16 that order moves a code's usage count across a
+# restart threshold, so the comparisons run in fp32 (what --precision auto picks on a CPU without native bf16).
+EXACT = ("--precision", "fp32")
 PRIOR_FLAGS = ("--arch", "pixelcnn", "--layers", "2", "--width", "16", "--batch-size", "16", "--eval-every", "0")
 
 
@@ -78,9 +81,11 @@ def single(tmp_path_factory, data_root) -> Path:
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        assert run_cli("train-ae", *AE_FLAGS, "--steps", "6", "--out", "ae").code == 0
+        assert run_cli("train-ae", *AE_FLAGS, *EXACT, "--steps", "6", "--out", "ae").code == 0
         assert run_cli("encode", "--ae", "ae", "--out", "codes.safetensors").code == 0
-        result = run_cli("train-prior", "--codes", "codes.safetensors", *PRIOR_FLAGS, "--steps", "6", "--out", "prior")
+        result = run_cli(
+            "train-prior", "--codes", "codes.safetensors", *PRIOR_FLAGS, *EXACT, "--steps", "6", "--out", "prior"
+        )
         assert result.code == 0, result.err
     finally:
         os.chdir(cwd)
@@ -90,7 +95,7 @@ def single(tmp_path_factory, data_root) -> Path:
 def test_train_ae_two_processes_match_one_and_resume(tmp_path, single):
     """3 steps in 2 processes, then --resume to 6 (two launches keep the test short): the ranks agree after each,
     and the result is a 6-step one-process run. Warm-up lasts 100 steps, so 3 + 3 steps see the same rates."""
-    first = torchrun(tmp_path, tmp_path / "first", "train-ae", *AE_FLAGS, "--steps", "3", "--out", "ae")
+    first = torchrun(tmp_path, tmp_path / "first", "train-ae", *AE_FLAGS, *EXACT, "--steps", "3", "--out", "ae")
     assert_close(rank_weights(tmp_path / "first"), ckpt.load_tensors(tmp_path / "ae" / ckpt.WEIGHTS))
     assert first.stdout.count("held-out results") == 1  # only rank 0 prints
     assert sorted(p.name for p in (tmp_path / "ae").iterdir()) == [
@@ -117,7 +122,7 @@ def test_train_ae_two_processes_match_one_and_resume(tmp_path, single):
 
 def test_train_prior_two_processes_match_one(tmp_path, single):
     codes = str(single / "codes.safetensors")
-    flags = ("--codes", codes, *PRIOR_FLAGS, "--steps", "6", "--out", "prior")
+    flags = ("--codes", codes, *PRIOR_FLAGS, *EXACT, "--steps", "6", "--out", "prior")
     torchrun(tmp_path, tmp_path / "dump", "train-prior", *flags)
     config = json.loads((single / "prior" / ckpt.CONFIG).read_text())
     assert config["model"]["num_classes"] > 0  # class dropout (a per-example random draw) is in play

@@ -716,7 +716,8 @@ def eval_cmd(
         int | None,
         typer.Option(
             "--classifier-steps",
-            help="Steps to train the sample-quality classifier when none is cached (default: 2 epochs, at most 600).",
+            help="Steps to train the sample-quality classifier when none is cached (default: 2 epochs, at most 600; "
+            "12 epochs on natural colour images).",
             show_default=False,
         ),
     ] = None,

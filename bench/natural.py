@@ -36,6 +36,7 @@ def main() -> None:
     )
     parser.add_argument("--feature-matching", type=float, default=0.0, help="--feature-matching of 'adversarial'")
     parser.add_argument("--prior", action="store_true", help="also a prior on each variant's codes, and its samples")
+    parser.add_argument("--prior-extra", default="", help="more train-prior flags, e.g. '--minutes 13'")
     parser.add_argument("--adversarial", type=float, default=0.1, help="--adversarial of the adversarial variant")
     parser.add_argument("--adversarial-start", type=int, default=2000, help="its --adversarial-start")
     parser.add_argument("--variants", default="mse,adversarial", help="which variants to run, comma-separated")
@@ -93,17 +94,21 @@ def main() -> None:
         shutil.copyfile(run / "recon.png", Path("docs") / f"cifar10-recon-{args.name}-{variant}.png")
         if args.prior:
             rows[variant]["prior"] = prior_row(
-                run, args.n, args.reuse, Path("docs") / f"cifar10-samples-{args.name}-{variant}.png"
+                run,
+                args.n,
+                args.reuse,
+                Path("docs") / f"cifar10-samples-{args.name}-{variant}.png",
+                shlex.split(args.prior_extra),
             )
         print(json.dumps({variant: rows[variant]}))
     write_result(args.name, command, {"data": str(data), "variants": rows})
 
 
-def prior_row(ae: Path, n: int, reuse: bool, grid: Path) -> dict:
+def prior_row(ae: Path, n: int, reuse: bool, grid: Path, extra: list[str]) -> dict:
     """The default prior on the autoencoder's codes, `vqgen eval` of its samples, and a grid of 8 per class."""
     codes, prior = ae / "codes.safetensors", ae / "prior"
     encode = ["encode", "--ae", str(ae), "--out", str(codes)]
-    train = ["train-prior", "--codes", str(codes), "--out", str(prior), "--force"]
+    train = ["train-prior", "--codes", str(codes), "--out", str(prior), "--force", *extra]
     evaluate = ["eval", "--prior", str(prior), "--n", str(n)]
     evaluated = prior / "eval.json"
     if reuse and evaluated.exists() and evaluated.stat().st_mtime > (prior / "model.safetensors").stat().st_mtime:

@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py train-ae ...
 
-writes $VQGEN_TEST_DUMP/rank{r}.safetensors after training; the command itself is the real CLI, untouched.
+writes $VQGEN_TEST_DUMP/rank{r}.safetensors after training (with the discriminator's weights as adv.*, if any); the command itself is the real CLI, untouched.
 """
 
 import os
@@ -18,7 +18,10 @@ def dumping(fit):
     def fit_and_dump(task, *args, **kwargs):
         results = fit(task, *args, **kwargs)
         path = Path(os.environ["VQGEN_TEST_DUMP"]) / f"rank{os.environ.get('RANK', '0')}.safetensors"
-        ckpt.save_tensors(path, task.model.state_dict())
+        weights = dict(task.model.state_dict())
+        if getattr(task, "adversary", None) is not None:
+            weights |= {f"adv.{k}": v for k, v in task.adversary.discriminator.state_dict().items()}
+        ckpt.save_tensors(path, weights)
         return results
 
     return fit_and_dump

@@ -120,6 +120,41 @@ def test_dead_codes_restart_from_encoder_outputs():
     assert (q.embedding.detach().abs().max(1).values > 50).sum() >= 7
 
 
+def test_underused_codes_restart_below_a_share_of_the_mean():
+    """--restart-below restarts a code that is used, but rarely; --restart-dead alone never touches it."""
+    torch.manual_seed(0)
+    codebook = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    # 61 rows near code 0, one row on each of codes 1..3: every code is used at every step, 1..3 at 1/16 of the mean
+    rows = torch.cat([torch.randn(61, 2) * 0.1, codebook[1:]])
+    z = rows.t().reshape(1, 2, 8, 8)
+    idle_only = VectorQuantizer(4, 2, restart_dead=1)
+    below = VectorQuantizer(4, 2, restart_dead=1, restart_below=0.5)
+    assert "usage" not in idle_only.state_dict() and "usage" in below.state_dict()
+    for q in (idle_only, below):
+        q.embedding.data.copy_(codebook)
+    # share 1/16 per step: the average (decay 0.99) falls from 1 below 0.5 after ~73 steps, then the codes restart
+    for step in range(1, 101):
+        idle_only(z)
+        below(z)
+        assert idle_only.restarted == 0
+        if below.restarted:
+            break
+    assert 60 <= step <= 80 and below.restarted == 3
+    assert torch.equal(idle_only.embedding.detach(), codebook)
+    moved = (below.embedding.detach() - codebook).abs().sum(1) > 1e-6
+    assert moved[1:].all() and not moved[0]
+    assert torch.allclose(below.usage[1:], torch.ones(3))  # restarted codes start again at the mean share
+
+
+def test_restart_below_is_checked():
+    with pytest.raises(ValueError, match="restart-below"):
+        VectorQuantizer(4, 2, restart_below=1.5)
+    from vqgen.vqvae import AEConfig
+
+    with pytest.raises(ValueError, match="restart-below"):
+        AEConfig(quantizer="fsq", restart_below=0.3)
+
+
 def test_kmeans_init_puts_codes_on_the_data():
     torch.manual_seed(0)
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])

@@ -9,6 +9,9 @@ it, the discriminator is neither used nor updated.
 Feature matching (pix2pixHD, arXiv 1711.11585) needs no pretrained network: the reconstruction is also pulled
 towards the original in the discriminator's own hidden layers, mean |D_l(x̂) − D_l(x)| over its layers l, a
 perceptual distance that the discriminator keeps learning.
+
+Under torchrun every rank holds the same discriminator: λ uses the global batch's gradients and the discriminator's
+gradients are averaged over the ranks before its step, so N processes train what one process does on the whole batch.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from vqgen.distributed import all_reduce_sum, broadcast_from_rank0, rank_and_world
 
 ADAPTIVE_DELTA = 1e-4  # δ in the adaptive weight
 ADAPTIVE_MAX = 1e4  # upper clamp of λ, for the first steps when ‖∇L_adv‖ is tiny
@@ -71,10 +76,18 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
 
 
+def mean_over_ranks_(t: torch.Tensor) -> torch.Tensor:
+    """In place: the mean of t over ranks. Each rank's loss is the mean over its equal shard, so the mean of the
+    ranks' gradients is the gradient of the loss over the global batch, as one process computes it."""
+    world = rank_and_world()[1]
+    return all_reduce_sum(t).div_(world) if world > 1 else t
+
+
 def adaptive_weight(rec_loss: torch.Tensor, adv_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
-    """λ = ‖∇_w L_rec‖ / (‖∇_w L_adv‖ + δ) at the decoder's last weight w, clamped to [0, 1e4], without gradient."""
-    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
-    adv_grad = torch.autograd.grad(adv_loss, last_layer, retain_graph=True)[0]
+    """λ = ‖∇_w L_rec‖ / (‖∇_w L_adv‖ + δ) at the decoder's last weight w, clamped to [0, 1e4], without gradient.
+    Under torch.distributed the gradients are those of the global batch, so every rank gets the same λ."""
+    rec_grad = mean_over_ranks_(torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0])
+    adv_grad = mean_over_ranks_(torch.autograd.grad(adv_loss, last_layer, retain_graph=True)[0])
     weight = rec_grad.norm() / (adv_grad.norm() + ADAPTIVE_DELTA)
     return weight.clamp(0.0, ADAPTIVE_MAX).detach()
 
@@ -95,6 +108,8 @@ class Adversary:
     ):
         self.weight, self.start, self.feature_weight = weight, start, feature_weight
         self.discriminator = PatchDiscriminator(channels).to(device)
+        for tensor in self.discriminator.state_dict().values():
+            broadcast_from_rank0(tensor)  # every rank starts from one discriminator
         # β1 = 0.5 as in VQGAN: a GAN's moving target makes long momentum harmful
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.9))
         self.steps = 0  # autoencoder steps seen, saved with the training state
@@ -136,5 +151,7 @@ class Adversary:
         loss = hinge_discriminator_loss(self.discriminator(real), self.discriminator(fake))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for param in self.discriminator.parameters():
+            mean_over_ranks_(param.grad)  # the global batch's gradient, as the autoencoder's DDP gives it
         self.optimizer.step()
         return loss.detach()

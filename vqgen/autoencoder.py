@@ -223,8 +223,6 @@ def train_autoencoder(
         preset = preset_for(data_cfg.data)
         train = with_stage_defaults(train, preset.ae_steps, preset.ae_lr, preset.ae_batch_size, preset.ae_ema_weights)
     device, dist_info = setup_device(train, "autoencoder")
-    if adversarial.weight > 0 and dist_info.world_size > 1:
-        raise VQGenError("--adversarial does not run under torchrun yet; train it in one process")
     if not resume:
         run_dir = on_main(ckpt.prepare_run_dir, run_dir, resume=False, force=force)
     data = data_cfg.load()

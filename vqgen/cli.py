@@ -245,6 +245,14 @@ def train_ae(
             "--restart-dead", help="Re-initialise a code unused for N steps from a recent encoder output (0: never)."
         ),
     ] = 50,
+    restart_below: Annotated[
+        float,
+        typer.Option(
+            "--restart-below",
+            help="Also re-initialise a code whose moving-average use falls below this share of the mean use, "
+            "e.g. 0.3 (0: off).",
+        ),
+    ] = 0.0,
     kmeans_init: Annotated[
         bool,
         typer.Option(
@@ -340,6 +348,7 @@ def train_ae(
             decay=decay,
             grad=grad,
             restart_dead=restart_dead,
+            restart_below=restart_below,
             kmeans_init=kmeans_init,
             fsq_levels=levels,
             lookup_dim=lookup_dim,

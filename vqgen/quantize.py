@@ -26,6 +26,8 @@ import torch.nn.functional as F
 
 from vqgen.distributed import all_gather_rows, all_reduce_sum, broadcast_from_rank0, global_rows, rank_and_world
 
+USAGE_DECAY = 0.99  # of the moving average of each code's share of the assignments (--restart-below)
+
 
 @dataclass
 class QuantizerOutput:
@@ -123,12 +125,15 @@ class VectorQuantizer(Quantizer):
         kmeans_init: bool = False,
         lookup_dim: int = 0,
         cosine: bool = False,
+        restart_below: float = 0.0,
     ):
         super().__init__()
         if grad not in ("ste", "rotation"):
             raise ValueError(f"grad must be 'ste' or 'rotation', not {grad!r}")
         if lookup_dim < 0:
             raise ValueError(f"lookup_dim must be >= 0 (0: the full dimension), not {lookup_dim}")
+        if not 0 <= restart_below < 1:
+            raise ValueError(f"--restart-below must be in [0, 1) (a share of the mean use), not {restart_below}")
         self.codebook_size, self.dim = codebook_size, dim
         self.beta, self.commitment, self.grad = beta, commitment, grad
         self.restart_dead, self.kmeans_init = restart_dead, kmeans_init
@@ -144,6 +149,11 @@ class VectorQuantizer(Quantizer):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("last_used", torch.zeros(codebook_size, dtype=torch.long))
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        self.restart_below = restart_below
+        if restart_below > 0:
+            # Each code's share of the assignments as a moving average, 1 = the mean share. Registered only when
+            # used, so that checkpoints written without it still load.
+            self.register_buffer("usage", torch.ones(codebook_size))
         self.restarted = 0  # codes restarted in the last training forward, for logging
 
     # -- codebook parametrisation (overridden by SimVQ and EMA)
@@ -223,9 +233,16 @@ class VectorQuantizer(Quantizer):
         used = all_reduce_sum(counts.clone()) > 0
         self.last_used[used] = self.step
         self.restarted = 0
-        if self.restart_dead <= 0:
+        dead = torch.zeros_like(used)
+        if self.restart_dead > 0:
+            dead |= (self.step - self.last_used) >= self.restart_dead
+        if self.restart_below > 0:
+            global_counts = all_reduce_sum(counts.float())
+            share = global_counts / global_counts.mean().clamp_min(1e-12)  # (K,), 1 = uniform use
+            self.usage.mul_(USAGE_DECAY).add_(share, alpha=1 - USAGE_DECAY)
+            dead |= self.usage < self.restart_below
+        if not self.restart_dead > 0 and not self.restart_below > 0:
             return
-        dead = (self.step - self.last_used) >= self.restart_dead
         dead = broadcast_from_rank0(dead.to(torch.uint8)).bool()
         n_dead = int(dead.sum())
         if n_dead == 0:
@@ -235,6 +252,8 @@ class VectorQuantizer(Quantizer):
         vectors = global_rows(z_flat, pick)
         self.set_codes(dead.nonzero().squeeze(1), vectors)
         self.last_used[dead] = self.step
+        if self.restart_below > 0:
+            self.usage[dead] = 1.0  # a restarted code gets the time an average code needs to fall below the bar
         self.restarted = n_dead
 
 
@@ -376,8 +395,10 @@ def build_quantizer(
     fsq_levels: list[int] | None = None,
     lookup_dim: int = 0,
     cosine: bool = False,
+    restart_below: float = 0.0,
 ) -> Quantizer:
     common = dict(
+        restart_below=restart_below,
         commitment=commitment,
         grad=grad,
         restart_dead=restart_dead,
@@ -392,7 +413,9 @@ def build_quantizer(
     if kind in ("simvq", "simvq-diag"):
         return SimVQ(codebook_size, dim, diagonal=kind == "simvq-diag", beta=beta, **common)
     if kind == "fsq":
-        if lookup_dim or cosine:
-            raise ValueError("fsq has no nearest-neighbour lookup: --lookup-dim and --cosine apply to vq, ema, simvq")
+        if lookup_dim or cosine or restart_below:
+            raise ValueError(
+                "fsq has no codebook lookup: --lookup-dim, --cosine and --restart-below apply to vq, ema, simvq"
+            )
         return FSQ(fsq_levels or [8, 8, 8], dim)
     raise ValueError(f"unknown quantizer {kind!r}; choose vq, ema, simvq, simvq-diag or fsq")

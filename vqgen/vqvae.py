@@ -40,6 +40,7 @@ class AEConfig:
     decay: float = 0.99  # EMA decay
     grad: str = "ste"
     restart_dead: int = 50
+    restart_below: float = 0.0  # also restart a code whose moving-average use falls below this share of the mean
     kmeans_init: bool = True
     fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8])
     lookup_dim: int = 0  # d: nearest-neighbour lookup in a learned d-dimensional projection (0: in the full D)
@@ -58,8 +59,10 @@ class AEConfig:
         if not 0 <= self.lookup_dim <= self.embed_dim:
             raise ValueError(f"--lookup-dim must be in [0, --embed-dim {self.embed_dim}], not {self.lookup_dim}")
         if self.quantizer == "fsq":
-            if self.lookup_dim or self.cosine:
-                raise ValueError("--lookup-dim and --cosine apply to vq, ema and simvq; fsq has no codebook lookup")
+            if self.lookup_dim or self.cosine or self.restart_below:
+                raise ValueError(
+                    "--lookup-dim, --cosine and --restart-below apply to vq, ema and simvq; fsq has no codebook lookup"
+                )
             self.codebook_size = math.prod(self.fsq_levels)
 
     @property
@@ -155,6 +158,7 @@ class VQVAE(nn.Module):
             decay=cfg.decay,
             grad=cfg.grad,
             restart_dead=cfg.restart_dead,
+            restart_below=cfg.restart_below,
             kmeans_init=cfg.kmeans_init,
             fsq_levels=cfg.fsq_levels,
             lookup_dim=cfg.lookup_dim,

@@ -2,7 +2,8 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py train-ae ...
 
-writes $VQGEN_TEST_DUMP/rank{r}.safetensors after training (with the discriminator's weights as adv.*, if any); the command itself is the real CLI, untouched.
+writes $VQGEN_TEST_DUMP/rank{r}.safetensors after training (with the discriminator's weights as adv.*, if any);
+the command itself is the real CLI, untouched.
 """
 
 import os

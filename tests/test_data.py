@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -77,6 +79,75 @@ def test_folder_corrupt_image_skipped_or_strict(tmp_path):
         load_data(str(tmp_path / "imgs"), strict=True)
 
 
+def _decode_by_hand(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of a class-per-sub-folder tree, decoded one by one: the reference for the cache."""
+    files = sorted(folder.rglob("*.png"))
+    names = sorted({f.parent.name for f in files})
+    images = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
+    return images.permute(0, 3, 1, 2), torch.tensor([names.index(f.parent.name) for f in files])
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_folder_cache_round_trips_and_maps(tmp_path, monkeypatch, parallel):
+    from vqgen import foldercache
+    from vqgen.data import MappedImages, _held_out_split
+
+    if parallel:  # the worker-process path, on a folder small enough for a test
+        monkeypatch.setattr(foldercache, "PARALLEL_FROM", 2)
+        monkeypatch.setattr(foldercache, "CHUNK", 2)
+    _write_folder(tmp_path / "imgs", sizes=((12, 12),) * 5)
+    root = tmp_path / "root"
+    data = load_data(str(tmp_path / "imgs"), root)
+    images, labels = _decode_by_hand(tmp_path / "imgs")
+    want_train, want_test = _held_out_split(images, labels, seed=0)
+    for got, want in ((data.train, want_train), (data.test, want_test)):
+        assert isinstance(got.images, MappedImages) and isinstance(got.images.array, np.memmap)
+        assert torch.equal(got.images[:], want.images) and torch.equal(got.labels, want.labels)
+        backwards = torch.arange(len(want.images)).flip(0)
+        assert torch.equal(got.images[backwards], want.images[backwards])  # rows come back in the order asked
+        assert torch.equal(got.images[0], want.images[0])
+    assert len(list((root / "cache").glob("imgs-*/images.npy"))) == 1
+
+    # a second run maps the cache and decodes nothing
+    monkeypatch.setattr(foldercache, "_decode_chunk", lambda *a, **k: pytest.fail("decoded again"))
+    again = load_data(str(tmp_path / "imgs"), root)
+    assert torch.equal(again.train.images[:], data.train.images[:])
+
+
+def test_folder_cache_is_rebuilt_when_a_file_changes_and_skips_a_truncated_image(tmp_path):
+    import os
+
+    _write_folder(tmp_path / "imgs")
+    root = tmp_path / "root"
+    before = load_data(str(tmp_path / "imgs"), root, seed=1)
+    changed = tmp_path / "imgs" / "dogs" / "1.png"
+    Image.fromarray(np.full((12, 12, 3), 7, dtype=np.uint8)).save(changed)
+    os.utime(changed, ns=(1, 1))  # a new modification time, whatever the clock's resolution
+    after = load_data(str(tmp_path / "imgs"), root, seed=1)
+    images, labels = _decode_by_hand(tmp_path / "imgs")
+    everything = torch.cat([after.train.images[:], after.test.images[:]])
+    assert (everything == 7).all(dim=(1, 2, 3)).sum() == 1
+    assert not torch.equal(torch.cat([before.train.images[:], before.test.images[:]]), everything)
+
+    whole = (tmp_path / "imgs" / "cats" / "0.png").read_bytes()
+    (tmp_path / "imgs" / "cats" / "0.png").write_bytes(whole[: len(whole) // 2])
+    truncated = load_data(str(tmp_path / "imgs"), root)
+    assert truncated.skipped == 1 and len(truncated.train) + len(truncated.test) == 5
+    with pytest.raises(VQGenError, match="0.png"):
+        load_data(str(tmp_path / "imgs"), root, strict=True)
+
+
+def test_folder_cache_without_a_writable_root_still_loads(tmp_path):
+    _write_folder(tmp_path / "imgs")
+    (tmp_path / "file").write_text("not a folder")
+    data = load_data(str(tmp_path / "imgs"), tmp_path / "file")  # the cache cannot be created under a file
+    images, _ = _decode_by_hand(tmp_path / "imgs")
+    assert len(data.train) + len(data.test) == 6
+    assert sorted(map(bytes, torch.cat([data.train.images[:], data.test.images[:]]).numpy())) == sorted(
+        map(bytes, images.numpy())
+    )
+
+
 def test_folder_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(VQGenError, match="no images found"):
@@ -96,7 +167,12 @@ def test_npz_and_npy(tmp_path):
     data = load_data(str(tmp_path / "d.npz"))
     assert data.num_classes == 3 and len(data.test) == 3 and data.train.images.shape[1:] == (1, 16, 16)
     np.save(tmp_path / "d.npy", images[..., None].repeat(3, -1))
-    assert load_data(str(tmp_path / "d.npy")).train.images.shape[1:] == (3, 16, 16)
+    mapped = load_data(str(tmp_path / "d.npy"))
+    assert mapped.train.images.shape[1:] == (3, 16, 16) and isinstance(mapped.train.images.array, np.memmap)
+    rows = torch.cat([mapped.train.images[:], mapped.test.images[:]])[:, 0]
+    assert sorted(map(bytes, rows.numpy())) == sorted(map(bytes, images))
+    grey = load_data(str(tmp_path / "d.npy"), image_size=8, channels=1)
+    assert grey.train.images[:4].shape == (4, 1, 8, 8)
     np.savez(tmp_path / "bad.npz", pixels=images)
     with pytest.raises(VQGenError, match="no 'images' array"):
         load_data(str(tmp_path / "bad.npz"))

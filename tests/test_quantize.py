@@ -133,13 +133,13 @@ def test_underused_codes_restart_below_a_share_of_the_mean():
     for q in (idle_only, below):
         q.embedding.data.copy_(codebook)
     # share 1/16 per step: the average (decay 0.99) falls from 1 below 0.5 after ~73 steps, then the codes restart
-    for step in range(1, 101):
+    steps = 0
+    while not below.restarted and steps < 100:
         idle_only(z)
         below(z)
+        steps += 1
         assert idle_only.restarted == 0
-        if below.restarted:
-            break
-    assert 60 <= step <= 80 and below.restarted == 3
+    assert 60 <= steps <= 80 and below.restarted == 3
     assert torch.equal(idle_only.embedding.detach(), codebook)
     moved = (below.embedding.detach() - codebook).abs().sum(1) > 1e-6
     assert moved[1:].all() and not moved[0]

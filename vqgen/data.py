@@ -1,7 +1,9 @@
-"""Data sets as in-memory uint8 tensors, and a resumable, shardable batch order.
+"""Data sets as uint8 images, in memory or mapped from disk, and a resumable, shardable batch order.
 
-Every source (the built-in `shapes`, torchvision's MNIST / Fashion-MNIST / CIFAR-10, a folder of images, an
-.npz/.npy file) is decoded once into a (N, C, H, W) uint8 tensor, so the training loop only indexes memory.
+The built-in `shapes`, torchvision's MNIST / Fashion-MNIST / CIFAR-10 and .npz files are decoded into a
+(N, C, H, W) uint8 tensor. A folder of images is decoded once into an array file on disk (vqgen/foldercache.py) and
+an .npy file is used as it is: both are memory-mapped (`MappedImages`), so a data set larger than memory trains
+with resident memory bounded by the batch and the page cache. Either way the training loop only indexes rows.
 """
 
 from __future__ import annotations
@@ -23,9 +25,63 @@ SHAPES_VERSION = 4
 HELD_OUT_FRACTION = 0.1
 
 
+class MappedImages:
+    """(N, C, H, W) uint8 images read on demand from a (M, H, W, C) or (M, H, W) uint8 array (a numpy memory map).
+
+    Indexing with an int, a slice or an index tensor reads just those rows and returns a tensor, as indexing a
+    tensor of images would; `subset` and `transformed` return new views and read nothing. Channel conversion and
+    resizing, when asked for, are applied to each batch as it is read."""
+
+    def __init__(
+        self,
+        array: np.ndarray,
+        rows: np.ndarray | None = None,
+        channels: int | None = None,
+        size: int | None = None,
+    ):
+        self.array = array
+        self.rows = np.arange(array.shape[0], dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.channels, self.size = channels, size
+        self.dtype = torch.uint8
+
+    @property
+    def shape(self) -> torch.Size:
+        h, w = self.array.shape[1:3]
+        c = min(3, self.array.shape[3]) if self.array.ndim == 4 else 1
+        if self.size is not None:
+            h = w = self.size
+        return torch.Size((len(self.rows), self.channels or c, h, w))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subset(self, idx: torch.Tensor | np.ndarray) -> MappedImages:
+        return MappedImages(self.array, self.rows[np.asarray(idx)], self.channels, self.size)
+
+    def transformed(self, channels: int | None, size: int | None) -> MappedImages:
+        return MappedImages(self.array, self.rows, channels or self.channels, size or self.size)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            index = index.numpy()
+        single = isinstance(index, (int, np.integer))
+        rows = self.rows[[index] if single else index]
+        # Sorted reads touch the file in order; the rows come back in the order asked for.
+        order = np.argsort(rows, kind="stable")
+        block = np.empty((len(rows), *self.array.shape[1:]), dtype=np.uint8)
+        block[order] = self.array[rows[order]]
+        block = block[..., None] if block.ndim == 3 else block[..., :3]
+        images = torch.from_numpy(block).permute(0, 3, 1, 2).contiguous()  # (B, H, W, C) → (B, C, H, W)
+        if self.channels is not None:
+            images = convert_channels(images, self.channels)
+        if self.size is not None:
+            images = resize_crop(images, self.size)
+        return images[0] if single else images
+
+
 @dataclass
 class Split:
-    images: torch.Tensor  # (N, C, H, W) uint8
+    images: torch.Tensor | MappedImages  # (N, C, H, W) uint8
     labels: torch.Tensor | None  # (N,) int64
 
     def __len__(self) -> int:
@@ -74,7 +130,7 @@ def load_data(
                 "nor an existing path; check the spelling or the path"
             )
         if path.is_dir():
-            data = _load_folder(path, image_size, channels, strict, seed)
+            data = _load_folder(path, root, image_size, channels, strict, seed)
         elif path.suffix.lower() in (".npz", ".npy"):
             data = _load_array_file(path, seed)
         else:
@@ -200,7 +256,7 @@ def _load_torchvision(key: str, root: Path) -> ImageData:
 # ----------------------------------------------------------------------------------------------- files
 
 
-def _held_out_split(images: torch.Tensor, labels: torch.Tensor | None, seed: int) -> tuple[Split, Split]:
+def _held_out_split(images: torch.Tensor | MappedImages, labels: torch.Tensor | None, seed: int) -> tuple[Split, Split]:
     n = images.shape[0]
     if n < 2:
         raise VQGenError(f"the data has {n} image(s); at least 2 are needed (one to train, one to hold out)")
@@ -208,76 +264,27 @@ def _held_out_split(images: torch.Tensor, labels: torch.Tensor | None, seed: int
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     test_idx, train_idx = order[:n_test].sort().values, order[n_test:].sort().values
     pick = (lambda t, idx: None) if labels is None else (lambda t, idx: t[idx])
-    return Split(images[train_idx], pick(labels, train_idx)), Split(images[test_idx], pick(labels, test_idx))
+    take = images.subset if isinstance(images, MappedImages) else images.__getitem__
+    return Split(take(train_idx), pick(labels, train_idx)), Split(take(test_idx), pick(labels, test_idx))
 
 
-def _image_extensions() -> set[str]:
-    from PIL import Image
+def _load_folder(
+    path: Path, root: Path, image_size: int | None, channels: int | None, strict: bool, seed: int
+) -> ImageData:
+    from vqgen.foldercache import load_folder
 
-    return {ext.lower() for ext in Image.registered_extensions()}
-
-
-def _load_folder(path: Path, image_size: int | None, channels: int | None, strict: bool, seed: int) -> ImageData:
-    from PIL import Image, UnidentifiedImageError
-
-    extensions = _image_extensions()
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
-    if not files:
-        raise VQGenError(
-            f"no images found in folder '{path}' (searched recursively for {', '.join(sorted(extensions)[:8])}, ...)"
-        )
-    # One level of sub-folders names the classes, but only when every image lives in one.
-    top = [p.relative_to(path).parts for p in files]
-    labelled = all(len(parts) >= 2 for parts in top)
-    class_names = sorted({parts[0] for parts in top}) if labelled else None
-    mode = {1: "L", 3: "RGB"}.get(channels or 0)
-    arrays, labels, skipped = [], [], 0
-    for file, parts in zip(files, top, strict=False):
-        try:
-            with Image.open(file) as im:
-                im.load()
-                if mode is None:
-                    mode = "L" if im.mode in ("1", "L", "I;16", "I", "F") else "RGB"
-                im = im.convert(mode)
-                if image_size is not None:
-                    im = _resize_crop_pil(im, image_size)
-                arrays.append(np.asarray(im, dtype=np.uint8))
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-            if strict:
-                raise VQGenError(f"cannot read image '{file}' ({e}); remove it, or drop --strict to skip it") from e
-            skipped += 1
-            continue
-        if class_names is not None:
-            labels.append(class_names.index(parts[0]))
-    if not arrays:
-        raise VQGenError(f"none of the {len(files)} image files in '{path}' could be read")
-    sizes = {a.shape[:2] for a in arrays}
-    if len(sizes) > 1:
-        raise VQGenError(
-            f"images in '{path}' have {len(sizes)} different sizes (e.g. {sorted(sizes)[:3]}); "
-            "pass --image-size N to resize and centre-crop them all to N×N"
-        )
-    stacked = torch.from_numpy(np.stack(arrays))
-    images = stacked.unsqueeze(1) if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)
-    label_tensor = torch.tensor(labels, dtype=torch.long) if class_names is not None else None
-    train, test = _held_out_split(images.contiguous(), label_tensor, seed)
-    return ImageData(path.name, train, test, len(class_names or []), class_names, skipped)
-
-
-def _resize_crop_pil(im, size: int):
-    from PIL import Image
-
-    w, h = im.size
-    scale = size / min(w, h)
-    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-    w, h = im.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return im.crop((left, top, left + size, top + size))
+    folder = load_folder(path, root, image_size, channels, strict)
+    images = MappedImages(folder.array, folder.rows)
+    labels = torch.from_numpy(folder.labels) if folder.labels is not None else None
+    train, test = _held_out_split(images, labels, seed)
+    names = folder.class_names
+    return ImageData(path.name, train, test, len(names or []), names, len(folder.skipped))
 
 
 def _load_array_file(path: Path, seed: int) -> ImageData:
     try:
-        loaded = np.load(path, allow_pickle=False)
+        # an .npy is mapped, not read: it may be larger than memory
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r" if path.suffix.lower() == ".npy" else None)
     except (OSError, ValueError) as e:
         raise VQGenError(f"cannot read '{path}' as a numpy file ({e}); save it with numpy.savez") from e
     if isinstance(loaded, np.ndarray):
@@ -299,7 +306,11 @@ def _load_array_file(path: Path, seed: int) -> ImageData:
         raise VQGenError(
             f"images in '{path}' have shape {images.shape}; expected (N, H, W) or (N, H, W, C) with C 1 or 3"
         )
-    tensor = torch.from_numpy(np.ascontiguousarray(images[..., :3])).permute(0, 3, 1, 2).contiguous()
+    mapped = isinstance(images, np.memmap)
+    if mapped:
+        tensor = MappedImages(images)
+    else:
+        tensor = torch.from_numpy(np.ascontiguousarray(images[..., :3])).permute(0, 3, 1, 2).contiguous()
     label_tensor, num_classes = None, 0
     if labels is not None:
         labels = np.asarray(labels).reshape(-1)
@@ -345,6 +356,14 @@ def resize_crop(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.Ten
 
 def _prepare(data: ImageData, image_size: int | None, channels: int | None) -> ImageData:
     for split in (data.train, data.test):
+        if isinstance(split.images, MappedImages):
+            c, h, w = split.images.shape[1:]
+            wanted_c = channels if channels is not None and channels != c else None
+            wanted_size = image_size if image_size is not None and (h, w) != (image_size, image_size) else None
+            if wanted_c is not None and wanted_c not in (1, 3):
+                raise VQGenError(f"cannot convert {c}-channel images to {channels} channels; use --channels 1 or 3")
+            split.images = split.images.transformed(wanted_c, wanted_size)
+            continue
         if channels is not None:
             split.images = convert_channels(split.images, channels)
         if image_size is not None:

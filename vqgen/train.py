@@ -79,6 +79,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX), as torch reports it. AVX2-only CPUs emulate
     bf16, and there autocast to it is several times slower than fp32."""

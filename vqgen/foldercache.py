@@ -1,0 +1,285 @@
+"""A folder of images, decoded once in parallel into a uint8 array file on disk, and mapped on later runs.
+
+The cache lives under the data root (`<root>/cache/<folder>-<hash of its path>/`): `images.npy`, a (M, H, W, C)
+uint8 array that numpy maps rather than reads (`mmap_mode="r"`), and `index.json` with the file names, labels, the
+rows that decoded and a fingerprint of the folder (every file's name, size and modification time, and the decoding
+options). A run whose fingerprint matches maps the array at once; a changed folder is decoded again. The index is
+written last, by an atomic rename, so an interrupted build is never mistaken for a finished one. Under torchrun,
+rank 0 builds and the other ranks wait for it. A data root that cannot be written still works: the array is built
+in a temporary folder, mapped, and the folder removed (the mapping keeps the data until the process ends).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vqgen.errors import VQGenError
+
+CACHE_VERSION = 1
+PARALLEL_FROM = 256  # fewer files are decoded in this process: starting workers would cost more
+CHUNK = 256  # files per worker task
+PROGRESS_FROM = 2000  # files from which a progress bar is drawn
+
+
+@dataclass
+class DecodedFolder:
+    array: np.ndarray  # (M, H, W, C) uint8, memory-mapped
+    rows: np.ndarray  # (N,) int64: the rows of `array` that decoded, in file order
+    labels: np.ndarray | None  # (N,) int64, one per decoded row
+    class_names: list[str] | None
+    skipped: list[str]  # files that could not be read, relative to the folder
+
+
+def image_extensions() -> set[str]:
+    from PIL import Image
+
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def resize_crop_pil(im, size: int):
+    """A PIL image → size×size: the shorter side to `size` (bicubic), then a centre crop."""
+    from PIL import Image
+
+    w, h = im.size
+    scale = size / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def decode(file: Path, mode: str | None, image_size: int | None) -> np.ndarray:
+    """One image file → (H, W, C) uint8; mode None picks L for grey files and RGB otherwise."""
+    from PIL import Image
+
+    with Image.open(file) as im:
+        im.load()
+        mode = mode or ("L" if im.mode in ("1", "L", "I;16", "I", "F") else "RGB")
+        im = im.convert(mode)
+        if image_size is not None:
+            im = resize_crop_pil(im, image_size)
+        array = np.asarray(im, dtype=np.uint8)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _readable(file: Path, mode: str | None, image_size: int | None) -> np.ndarray | str:
+    from PIL import UnidentifiedImageError
+
+    try:
+        return decode(file, mode, image_size)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        return f"{e}" or type(e).__name__
+
+
+def _decode_chunk(
+    npy: str, start: int, files: list[str], mode: str, image_size: int | None
+) -> list[tuple[int, str, tuple[int, ...] | None]]:
+    """Decode files[i] into row start + i of the array file; returns the rows that failed (reason, shape found)."""
+    array = np.load(npy, mmap_mode="r+")
+    failed = []
+    for i, file in enumerate(files):
+        image = _readable(Path(file), mode, image_size)
+        if isinstance(image, str):
+            failed.append((start + i, image, None))
+        elif image.shape != array.shape[1:]:
+            failed.append((start + i, "size", image.shape))
+        else:
+            array[start + i] = image
+    array.flush()
+    return failed
+
+
+def list_images(path: Path) -> tuple[list[Path], list[str] | None, list[int] | None]:
+    """The image files under `path` (sorted), and class names and labels when every file sits in a sub-folder."""
+    extensions = image_extensions()
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    if not files:
+        raise VQGenError(
+            f"no images found in folder '{path}' (searched recursively for {', '.join(sorted(extensions)[:8])}, ...)"
+        )
+    # One level of sub-folders names the classes, but only when every image lives in one.
+    parts = [p.relative_to(path).parts for p in files]
+    if not all(len(p) >= 2 for p in parts):
+        return files, None, None
+    class_names = sorted({p[0] for p in parts})
+    lookup = {name: i for i, name in enumerate(class_names)}
+    return files, class_names, [lookup[p[0]] for p in parts]
+
+
+def fingerprint(path: Path, files: list[Path], image_size: int | None, channels: int | None) -> str:
+    """A hash of every file's name, size and modification time, and of the options that shape the decoded array."""
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, image_size, channels]).encode())
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def cache_dir(root: Path, path: Path) -> Path:
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    return root / "cache" / f"{path.name}-{key}"
+
+
+def load_folder(
+    path: Path,
+    root: Path,
+    image_size: int | None,
+    channels: int | None,
+    strict: bool,
+    workers: int | None = None,
+) -> DecodedFolder:
+    """The folder's images, from the cache when its fingerprint matches, else decoded into it first."""
+    from vqgen.distributed import is_distributed, rank_and_world
+
+    files, class_names, labels = list_images(path)
+    stamp = fingerprint(path, files, image_size, channels)
+    where = cache_dir(root, path)
+    index = _read_index(where, stamp)
+    if index is None:
+        if is_distributed():
+            import torch.distributed as dist
+
+            if rank_and_world()[0] == 0:
+                _build_or_report(path, files, where, stamp, image_size, channels, workers)
+            dist.barrier()  # the other ranks map what rank 0 built
+        else:
+            _build_or_report(path, files, where, stamp, image_size, channels, workers)
+        index = _read_index(where, stamp)
+    if index is None:  # the data root is not writable: build in a temporary folder, map it, remove the folder
+        with tempfile.TemporaryDirectory(prefix="vqgen-cache-") as tmp:
+            _build_or_report(path, files, Path(tmp), stamp, image_size, channels, workers)
+            index = _read_index(Path(tmp), stamp)
+            array = np.load(Path(tmp) / "images.npy", mmap_mode="r")
+    else:
+        array = np.load(where / "images.npy", mmap_mode="r")
+    skipped = index["skipped"]
+    if skipped and strict:
+        name, reason = skipped[0]
+        raise VQGenError(f"cannot read image '{path / name}' ({reason}); remove it, or drop --strict to skip it")
+    rows = np.asarray(index["rows"], dtype=np.int64)
+    if rows.size == 0:
+        raise VQGenError(f"none of the {len(files)} image files in '{path}' could be read")
+    label_array = np.asarray(labels, dtype=np.int64)[rows] if labels is not None else None
+    return DecodedFolder(array, rows, label_array, class_names, [name for name, _ in skipped])
+
+
+def _read_index(where: Path, stamp: str) -> dict | None:
+    try:
+        index = json.loads((where / "index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if index.get("fingerprint") != stamp or not (where / "images.npy").exists():
+        return None
+    return index
+
+
+def _build_or_report(path, files, where, stamp, image_size, channels, workers) -> None:
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # not writable: the caller sees no index and builds in a temporary folder
+    try:
+        _build(path, files, where, stamp, image_size, channels, workers)
+    except PermissionError:
+        return
+    except OSError as e:
+        raise VQGenError(f"cannot write the image cache in '{where}' ({e}); free some space or pass --data-root") from e
+
+
+def _build(
+    path: Path,
+    files: list[Path],
+    where: Path,
+    stamp: str,
+    image_size: int | None,
+    channels: int | None,
+    workers: int | None,
+) -> None:
+    # The first readable file fixes the mode (when --channels does not) and the size (when --image-size does not).
+    mode = {1: "L", 3: "RGB"}.get(channels or 0)
+    first = None
+    for file in files:
+        first = _readable(file, mode, image_size)
+        if not isinstance(first, str):
+            break
+    if first is None or isinstance(first, str):
+        raise VQGenError(f"none of the {len(files)} image files in '{path}' could be read")
+    mode = mode or ("L" if first.shape[2] == 1 else "RGB")
+    npy = where / "images.npy.partial"
+    array = np.lib.format.open_memmap(npy, mode="w+", dtype=np.uint8, shape=(len(files), *first.shape))
+    del array  # the workers open it themselves
+    names = [str(f) for f in files]
+    chunks = [(start, names[start : start + CHUNK]) for start in range(0, len(names), CHUNK)]
+    failed: list[tuple[int, str, tuple[int, ...] | None]] = []
+    with _progress(len(files), path) as advance:
+        if len(files) < PARALLEL_FROM:
+            for start, chunk in chunks:
+                failed += _decode_chunk(str(npy), start, chunk, mode, image_size)
+                advance(len(chunk))
+        else:
+            import multiprocessing
+
+            count = workers or min(8, os.cpu_count() or 1)
+            # fork: the workers only run PIL and numpy, and start without re-importing torch
+            context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+            with ProcessPoolExecutor(count, mp_context=context) as pool:
+                jobs = [pool.submit(_decode_chunk, str(npy), s, c, mode, image_size) for s, c in chunks]
+                for job, (_, chunk) in zip(jobs, chunks, strict=True):
+                    failed += job.result()
+                    advance(len(chunk))
+    wrong_size = sorted({shape[:2] for _, reason, shape in failed if reason == "size"} | {first.shape[:2]})
+    if len(wrong_size) > 1:
+        npy.unlink(missing_ok=True)
+        raise VQGenError(
+            f"images in '{path}' have {len(wrong_size)} different sizes (e.g. {wrong_size[:3]}); "
+            "pass --image-size N to resize and centre-crop them all to N×N"
+        )
+    bad = {row for row, _, _ in failed}
+    index = {
+        "fingerprint": stamp,
+        "folder": str(path.resolve()),
+        "files": [str(f.relative_to(path)) for f in files],
+        "rows": [row for row in range(len(files)) if row not in bad],
+        "skipped": [[str(files[row].relative_to(path)), reason] for row, reason, _ in sorted(failed)],
+    }
+    os.replace(npy, where / "images.npy")
+    partial = where / "index.json.partial"
+    partial.write_text(json.dumps(index))
+    os.replace(partial, where / "index.json")
+
+
+class _progress:
+    """A rich progress bar over decoded files (only for large folders); yields a function that advances it."""
+
+    def __init__(self, total: int, path: Path):
+        self.total, self.path, self.bar = total, path, None
+
+    def __enter__(self):
+        if self.total < PROGRESS_FROM:
+            return lambda n: None
+        from vqgen.train import make_progress
+
+        self.bar = make_progress()
+        self.bar.start()
+        task = self.bar.add_task(f"caching {self.path.name}", total=self.total, info="")
+        started = time.perf_counter()
+
+        def advance(n: int) -> None:
+            self.bar.advance(task, n)
+            done = self.bar.tasks[0].completed
+            self.bar.update(task, info=f"{done / max(time.perf_counter() - started, 1e-9):,.0f} img/s")
+
+        return advance
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()

@@ -103,6 +103,34 @@ def test_train_ae_loss_falls(in_tmp):
     assert train[-1]["psnr"] > train[0]["psnr"]
 
 
+@pytest.mark.parametrize("downsample", [2, 4, 8, 16])
+def test_every_downsample_keeps_the_grid_and_the_widths(downsample):
+    from vqgen.vqvae import VQVAE, AEConfig, stage_widths
+
+    cfg = AEConfig(image_size=64, hidden=64, downsample=downsample, codebook_size=16)
+    # 2, 4 and 8 keep the widths their checkpoints were saved with; 16 adds a half-width stage at 1/8
+    assert stage_widths(cfg) == {2: [64], 4: [16, 64], 8: [16, 16, 64], 16: [16, 16, 32, 64]}[downsample]
+    model = VQVAE(cfg).eval()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    grid = model.encode(x)
+    assert grid.shape == (2, 64 // downsample, 64 // downsample)
+    assert model.decode(grid).shape == x.shape
+
+
+def test_downsample_16_end_to_end_at_64_pixels(in_tmp):
+    from safetensors.torch import load_file
+
+    rng = torch.Generator().manual_seed(0)
+    (in_tmp / "faces").mkdir()
+    for i in range(20):
+        pixels = torch.randint(0, 256, (64, 64, 3), generator=rng, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(in_tmp / "faces" / f"{i}.png")
+    flags = ("--data", "faces", "--downsample", "16", "--hidden", "32", "--codebook-size", "16")
+    assert run_cli("train-ae", *flags, "--steps", "3", "--batch-size", "8").code == 0
+    assert run_cli("encode", "--out", "codes.safetensors").code == 0
+    assert load_file("codes.safetensors")["train.codes"].shape == (18, 4, 4)
+
+
 @pytest.mark.parametrize("arch", ["transformer", "pixelcnn"])
 def test_encode_then_train_prior_each_arch(in_tmp, arch):
     assert run_cli("train-ae", "--steps", "5", *SMALL_AE).code == 0

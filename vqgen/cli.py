@@ -222,7 +222,7 @@ def train_ae(
         ),
     ] = None,
     res_blocks: Annotated[int, typer.Option("--res-blocks", help="Residual blocks in encoder and decoder.")] = 2,
-    downsample: Annotated[int, typer.Option("--downsample", help="n/m: 2, 4 or 8 (an n×n image → m×m codes).")] = 4,
+    downsample: Annotated[int, typer.Option("--downsample", help="n/m: 2, 4, 8 or 16 (an n×n image → m×m codes).")] = 4,
     beta: Annotated[
         float, typer.Option("--beta", help="β, weight of the codebook loss ‖q − sg(z)‖² (vq, simvq).")
     ] = 1.0,

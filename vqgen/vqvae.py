@@ -52,8 +52,8 @@ class AEConfig:
             lower = 0 if name == "res_blocks" else 1
             if not isinstance(value, int) or not lower <= value <= upper:
                 raise ValueError(f"{name} must be an integer in [{lower}, {upper}], not {value!r}")
-        if self.downsample not in (2, 4, 8):
-            raise ValueError(f"downsample must be 2, 4 or 8, not {self.downsample}")
+        if self.downsample not in (2, 4, 8, 16):
+            raise ValueError(f"downsample must be 2, 4, 8 or 16, not {self.downsample}")
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}, not {self.quantizer!r}")
         if not 0 <= self.lookup_dim <= self.embed_dim:
@@ -93,11 +93,12 @@ class ResBlock(nn.Module):
 
 
 def stage_widths(cfg: AEConfig) -> list[int]:
-    """Channels after each stride-2 stage, outermost first: the last stage has `hidden`, the outer ones a
-    quarter of it. Most of the compute sits at the full-resolution stages, and on a 2-core CPU this halves the
-    cost of a step for a fraction of a dB."""
+    """Channels after each stride-2 stage, outermost first: the last stage has `hidden`, a stage whose output is at
+    1/8 of the image or smaller half of it (only with --downsample 16), the outer ones a quarter. Most of the compute
+    sits at the full-resolution stages, and on a 2-core CPU this halves the cost of a step for a fraction of a dB."""
     n_down = int(math.log2(cfg.downsample))
-    return [max(16, cfg.hidden // 4) for _ in range(n_down - 1)] + [cfg.hidden]
+    quarter, half = max(16, cfg.hidden // 4), max(16, cfg.hidden // 2)
+    return [half if i >= 2 else quarter for i in range(n_down - 1)] + [cfg.hidden]
 
 
 class Encoder(nn.Module):

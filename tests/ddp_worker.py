@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import vqgen.autoencoder
+import vqgen.foldercache
 import vqgen.priors.training
 from vqgen import checkpoint as ckpt
 from vqgen.cli import main
@@ -28,7 +29,18 @@ def dumping(fit):
     return fit_and_dump
 
 
+def marking(build):
+    """Leave dump/built-rank{r} when this rank decodes a folder into the cache."""
+
+    def build_and_mark(*args, **kwargs):
+        (Path(os.environ["VQGEN_TEST_DUMP"]) / f"built-rank{os.environ.get('RANK', '0')}").touch()
+        return build(*args, **kwargs)
+
+    return build_and_mark
+
+
 for stage in (vqgen.autoencoder, vqgen.priors.training):
     stage.fit = dumping(stage.fit)
+vqgen.foldercache._build = marking(vqgen.foldercache._build)
 
 main()

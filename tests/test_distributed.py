@@ -120,6 +120,76 @@ def test_train_ae_two_processes_match_one_and_resume(tmp_path, single):
                 assert ours[key] == pytest.approx(theirs[key], rel=1e-4), key
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_match_one_process(tmp_path, single):
+    """Two torchrun launchers, one process each, meeting at a rendezvous on 127.0.0.1 as two machines would: they
+    end with the weights of the 6-step one-process run on the same global batch."""
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VQGEN_TEST_DUMP": str(dump)}
+    endpoint = f"127.0.0.1:{free_port()}"
+    launchers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(node),
+                "--nproc-per-node",
+                "1",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                endpoint,
+                "--rdzv-id",
+                "vqgen-test",
+                str(WORKER),
+                "train-ae",
+                *AE_FLAGS,
+                *EXACT,
+                "--steps",
+                "6",
+                "--out",
+                "ae",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    outputs = [launcher.communicate(timeout=300)[0] for launcher in launchers]
+    assert all(launcher.returncode == 0 for launcher in launchers), "\n".join(o[-3000:] for o in outputs)
+    assert_close(rank_weights(dump), ckpt.load_tensors(single / "ae" / ckpt.WEIGHTS))
+
+
+def test_a_folder_is_cached_once_by_rank_0(tmp_path):
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for i in range(24):
+        pixels = torch.randint(0, 256, (16, 16, 3), generator=rng, dtype=torch.uint8).numpy()
+        (tmp_path / "imgs").mkdir(exist_ok=True)
+        Image.fromarray(pixels).save(tmp_path / "imgs" / f"{i}.png")
+    flags = ("--data", "imgs", "--data-root", "root", *AE_FLAGS, "--steps", "2", "--out", "ae")
+    torchrun(tmp_path, tmp_path / "dump", "train-ae", *flags)
+    assert sorted(p.name for p in (tmp_path / "dump").glob("built-*")) == ["built-rank0"]
+    assert len(list((tmp_path / "root" / "cache").glob("imgs-*/images.npy"))) == 1
+    rank_weights(tmp_path / "dump")  # and the ranks agree
+
+
 def test_adversarial_two_processes_match_one(tmp_path):
     """With the discriminator and feature matching on from step 2, 2 processes end with the autoencoder and the
     discriminator of one process on the same global batch: λ and both networks' gradients are the global batch's."""

@@ -8,9 +8,10 @@ codes/s is the mean over the log windows after the first. The FLOPs of one train
 forward and backward) times that rate give the achieved FLOP/s, set against the matmul peak of the same dtype.
 `--precision auto` (vqgen.train.auto_precision) follows these ratios: bf16 where it wins on this kind of CPU.
 
-Quality (--quality both, about 30 minutes on 2 cores; --quality ae, 6): both stages at the default budgets on MNIST,
-in fp32 and in bf16 from the same seed: held-out PSNR of the autoencoder, held-out bits per code of the Transformer
-prior (on the same codes). The target is |ΔPSNR| ≤ 0.2 dB and |Δbits/code| ≤ 0.02.
+Quality (--quality ae, 6 minutes on 2 cores; --quality prior, about 40 for both architectures; both: the two): both
+stages at the default budgets on MNIST, in fp32 and in bf16 from the same seed: held-out PSNR of the autoencoder,
+held-out bits per code of each prior (--archs) on one set of codes, the fp32 autoencoder's. The target is
+|ΔPSNR| ≤ 0.2 dB and |Δbits/code| ≤ 0.02.
 """
 
 from __future__ import annotations
@@ -74,8 +75,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--speed-steps", type=int, default=200)
     parser.add_argument(
-        "--quality", choices=("none", "ae", "both"), default="none", help="stages to compare at their default budgets"
+        "--quality",
+        choices=("none", "ae", "prior", "both"),
+        default="none",
+        help="stages to compare at their default budgets (prior: on the codes an earlier --quality ae left)",
     )
+    parser.add_argument("--archs", default="transformer,pixelcnn", help="priors for --quality prior|both")
     parser.add_argument("--no-speed", action="store_true", help="skip the throughput part")
     parser.add_argument("--name", default="precision")
     args = parser.parse_args()
@@ -88,6 +93,7 @@ def main() -> None:
     base = Path("runs") / "bench" / "precision"
     root = ["--data-root", os.path.relpath(SHARED)]
     figures: dict = {"matmul_gflops": {}, "speed": [], "quality": []}
+    codes_q = base / "codes-fp32.safetensors"
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         figures["matmul_gflops"][name] = round(matmul_peak(dtype) / 1e9, 1)
         print(name, "matmul", figures["matmul_gflops"][name], "GFLOP/s", flush=True)
@@ -132,36 +138,39 @@ def main() -> None:
         figures["speed"].append({"network": network, "bf16_over_fp32": round(ratio, 3)})
         print(network, {k: round(v) for k, v in rates.items()}, f"bf16/fp32 {ratio:.2f}", flush=True)
 
-    if args.quality != "none":
+    if args.quality in ("ae", "both"):
         for precision in ("fp32", "bf16"):
             ae = base / f"ae-{precision}"
             ae_cmd = ["train-ae", "--data", "mnist", *root, "--out", str(ae), "--force", "--precision", precision]
             ae_seconds, _ = vqgen(*ae_cmd)
-            # the prior's comparison is on one set of codes (the fp32 autoencoder's), so only its precision differs
-            codes_q = base / "codes-fp32.safetensors"
             if precision == "fp32":
                 vqgen("encode", "--ae", str(ae), *root, "--out", str(codes_q))
-            row = {
-                "precision": precision,
-                "psnr": round(last_metrics(ae, "test")["psnr"], 3),
-                "ae_seconds": round(ae_seconds, 1),
-                "commands": [ae_cmd],
-            }
-            if args.quality == "both":
-                prior = base / f"prior-{precision}"
-                prior_cmd = ["train-prior", "--codes", str(codes_q), "--out", str(prior), "--force"]
-                prior_cmd += ["--precision", precision]
-                prior_seconds, _ = vqgen(*prior_cmd)
-                row["bits_per_code"] = round(last_metrics(prior, "test")["bits_per_code"], 4)
-                row["prior_seconds"] = round(prior_seconds, 1)
-                row["commands"].append(prior_cmd)
+            row = {"precision": precision, "psnr": round(last_metrics(ae, "test")["psnr"], 3)}
+            row |= {"ae_seconds": round(ae_seconds, 1), "commands": [ae_cmd]}
             print(row, flush=True)
             figures["quality"].append(row)
         fp32, bf16 = figures["quality"]
         figures["quality_delta"] = {"psnr_db": round(bf16["psnr"] - fp32["psnr"], 3)}
-        if args.quality == "both":
-            figures["quality_delta"]["bits_per_code"] = round(bf16["bits_per_code"] - fp32["bits_per_code"], 4)
-        print(figures["quality_delta"])
+    if args.quality in ("prior", "both"):
+        if not codes_q.exists():
+            raise SystemExit(f"{codes_q} is missing: run --quality ae first")
+        # every prior trains on one set of codes (the fp32 autoencoder's), so only its own precision differs
+        figures["prior_quality"] = []
+        for arch in args.archs.split(","):
+            bits = {}
+            for precision in ("fp32", "bf16"):
+                prior = base / f"prior-{arch}-{precision}"
+                cmd = ["train-prior", "--codes", str(codes_q), "--arch", arch, "--out", str(prior), "--force"]
+                cmd += ["--precision", precision]
+                seconds, _ = vqgen(*cmd)
+                bits[precision] = last_metrics(prior, "test")["bits_per_code"]
+                row = {"arch": arch, "precision": precision, "bits_per_code": round(bits[precision], 4)}
+                row |= {"prior_seconds": round(seconds, 1), "command": "vqgen " + shlex.join(cmd)}
+                print(row, flush=True)
+                figures["prior_quality"].append(row)
+            delta = round(bits["bf16"] - bits["fp32"], 4)
+            figures.setdefault("quality_delta", {})[f"bits_per_code_{arch}"] = delta
+    print(figures.get("quality_delta"))
     write_result(args.name, command, figures)
 
 

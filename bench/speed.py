@@ -1,6 +1,13 @@
 """Training throughput of stage one on MNIST (img/s): fp32, bf16 and --compile, in 1 process or 2 under torchrun.
 
     python bench/speed.py [--steps 200] [--configs fp32,bf16,compile] [--procs 1,2]
+    python bench/speed.py --levers [--steps 60] [--repeats 3]
+
+--levers times the training step itself in this process, for the autoencoder and the PixelCNN prior at the MNIST
+defaults, in the precision `--precision auto` picks here: as vqgen trains them, then with channels_last weights and
+inputs, with AdamW's fused kernel, with both, and at twice the batch. Each variant runs --steps timed steps after 5
+warm-up steps, --repeats times in turn (A B C A B C ...), and reports the median rate, so that drift in the machine's
+speed falls on every variant alike. Writes bench/results/speed-levers.json.
 
 One process uses every core (OMP_NUM_THREADS = cores); N processes under torchrun get cores / N threads each, so
 both use the whole machine. img/s is the mean over the log windows after the first (warm-up and compilation);
@@ -36,13 +43,98 @@ def launch(procs: int, flags: list[str], threads: int) -> tuple[list[str], float
     return cmd, time.perf_counter() - start
 
 
+LEVERS = {
+    "as trained": {},
+    "channels_last": {"channels_last": True},
+    "fused AdamW": {"fused": True},
+    "channels_last + fused AdamW": {"channels_last": True, "fused": True},
+    "batch ×2": {"batch": 2},
+}
+
+
+def lever_rate(network: str, steps: int, channels_last=False, fused=False, batch=1) -> float:
+    """Examples per second of `steps` training steps of `network` (after 5 untimed ones), in this process."""
+    import torch
+
+    from vqgen.priors import PriorConfig, build_prior, code_cross_entropy
+    from vqgen.train import autocast, resolve_precision
+    from vqgen.vqvae import VQVAE, AEConfig, reconstruction_loss
+
+    torch.manual_seed(0)
+    if network == "autoencoder":
+        model = VQVAE(AEConfig(image_size=28, channels=1, kmeans_init=False))
+        inputs = torch.rand(64 * batch, 1, 28, 28) * 2 - 1
+
+        def loss_of(model, x):
+            recon, vq = model(x)
+            return reconstruction_loss(recon, x) + vq.loss
+
+    else:
+        model = build_prior(PriorConfig(arch="pixelcnn", num_classes=10))
+        inputs = torch.randint(0, 512, (64 * batch, 7, 7))
+        labels = torch.randint(0, 10, (64 * batch,))
+
+        def loss_of(model, codes):
+            return code_cross_entropy(model(codes, labels), codes)
+
+    precision = resolve_precision("auto", torch.device("cpu"), network)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        if inputs.ndim == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True if fused else None)
+    for i in range(steps + 5):
+        if i == 5:
+            start = time.perf_counter()
+        with autocast(torch.device("cpu"), precision):
+            loss = loss_of(model, inputs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return steps * inputs.shape[0] / (time.perf_counter() - start)
+
+
+def levers(steps: int, repeats: int) -> list[dict]:
+    import statistics
+
+    import torch
+
+    from vqgen.train import resolve_precision
+
+    rows = []
+    for network in ("autoencoder", "pixelcnn"):
+        rates: dict[str, list[float]] = {name: [] for name in LEVERS}
+        for _ in range(repeats):
+            for name, options in LEVERS.items():
+                rates[name].append(lever_rate(network, steps, **options))
+        base = statistics.median(rates["as trained"])
+        for name, values in rates.items():
+            rate = statistics.median(values)
+            row = {
+                "network": network,
+                "variant": name,
+                "per_s": round(rate, 1),
+                "over_as_trained": round(rate / base, 3),
+            }
+            row["precision"] = resolve_precision("auto", torch.device("cpu"), network)
+            print(row, flush=True)
+            rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--levers", action="store_true", help="time the step's levers in-process instead")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over the --levers variants")
     parser.add_argument("--configs", default="fp32,bf16,compile", help=f"comma-separated, of {', '.join(CONFIGS)}")
     parser.add_argument("--procs", default="1,2", help="comma-separated process counts")
     parser.add_argument("--name", default="speed")
     args = parser.parse_args()
+    if args.levers:
+        command = f"python bench/speed.py --levers --steps {args.steps} --repeats {args.repeats}"
+        write_result("speed-levers", command, levers(args.steps, args.repeats))
+        return
     cores = os.cpu_count() or 1
     rows = []
     for config in args.configs.split(","):

@@ -35,7 +35,7 @@ import sys, time
 from vqgen.data import load_data
 start = time.perf_counter()
 data = load_data(sys.argv[1], sys.argv[2])
-print(time.perf_counter() - start, len(data.train) + len(data.test))
+print("\n", time.perf_counter() - start, len(data.train) + len(data.test))
 """
 
 
@@ -71,7 +71,7 @@ def timed_load(folder: Path, root: Path) -> tuple[float, int]:
     out = subprocess.run([sys.executable, "-c", LOAD, str(folder), str(root)], capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(out.stderr[-2000:])
-    seconds, count = out.stdout.split()
+    seconds, count = out.stdout.split()[-2:]  # after the progress bar, if one was drawn
     return float(seconds), int(count)
 
 

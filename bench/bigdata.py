@@ -35,7 +35,8 @@ import sys, time
 from vqgen.data import load_data
 start = time.perf_counter()
 data = load_data(sys.argv[1], sys.argv[2])
-print("\n", time.perf_counter() - start, len(data.train) + len(data.test))
+print()
+print(time.perf_counter() - start, len(data.train) + len(data.test))
 """
 
 

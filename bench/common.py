@@ -41,6 +41,20 @@ def machine() -> dict:
     }
 
 
+def matmul_peak(dtype, n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of an n×n by n×n matmul in `dtype`, best of `repeats`."""
+    import torch
+
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)  # warm-up: thread pool and kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
 def vqgen(*args: str, env: dict | None = None) -> tuple[float, str]:
     """Run `python -m vqgen ARGS`; returns wall seconds and the output. Raises on failure."""
     cmd = [sys.executable, "-m", "vqgen", *map(str, args)]

@@ -20,24 +20,11 @@ import argparse
 import json
 import os
 import shlex
-import time
 from pathlib import Path
 
 import torch
 
-from common import REPO, SHARED, last_metrics, mean_rate, vqgen, write_result
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of an n×n by n×n matmul in `dtype`, best of `repeats`."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    torch.mm(a, b)  # warm-up: thread pool and kernel selection
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+from common import REPO, SHARED, last_metrics, matmul_peak, mean_rate, vqgen, write_result
 
 
 def flops_per_example(network: str, run: Path, batch: int = 64) -> float:

@@ -3,16 +3,41 @@
     python bench/sampling.py --prior runs/bench/prior-transformer [--prior runs/bench/prior-pixelcnn]
 
 For each prior: the whole process's wall time (start-up included) and the sampling and decoding seconds that
-`sample` prints; for a Transformer also the same with --no-cache.
+`sample` prints; for a Transformer also the same with --no-cache. Against the limit: the FLOPs of one forward pass
+over a whole grid per sample (torch's FlopCounterMode; twice that under classifier-free guidance, which runs the
+conditional and the unconditional pass), the FLOP/s that the codes/s amount to at that cost, and its share of this
+machine's fp32 matmul peak (a 2048² torch.mm timed in the same run). Cached sampling of a Transformer does about one
+forward pass of work per sample, so this share says how far sampling is from the machine's limit; a PixelCNN has no
+cache and recomputes the grid for each of its m·m codes, so its real work is m·m times the figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import time
+from pathlib import Path
 
-from common import REPO, vqgen, write_result
+from common import REPO, matmul_peak, vqgen, write_result
+
+
+def forward_flops_per_sample(prior: str, batch: int = 64) -> tuple[float, float]:
+    """FLOPs of one forward pass over a whole grid per sample, and the guidance scale sampling uses by default."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vqgen.priors.training import load_prior
+
+    model, _ = load_prior(prior, "cpu")
+    m, k = model.cfg.grid_size, model.cfg.codebook_size
+    codes = torch.randint(0, k, (batch, m, m))
+    labels = torch.randint(0, model.cfg.num_classes, (batch,)) if model.cfg.num_classes else None
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(codes, labels)
+    guidance = json.loads(Path(prior, "config.json").read_text()).get("sampling", {}).get("guidance") or 0.0
+    return counter.get_total_flops() / batch, guidance
 
 
 def timed_sample(prior: str, *extra: str, out_dir: str | None = None) -> dict:
@@ -37,7 +62,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     rows = []
+    import torch
+
+    peak = matmul_peak(torch.float32)
     for prior in args.prior:
+        flops, guidance = forward_flops_per_sample(prior)
+        passes = 2 if guidance and guidance != 1.0 else 1
+        grid = json.loads(Path(prior, "config.json").read_text())["model"]["grid_size"] ** 2
         variants = [("cached", ())]
         if "transformer" in open(f"{prior}/config.json").read():
             variants.append(("uncached", ("--no-cache",)))
@@ -49,6 +80,11 @@ def main() -> None:
                     "prior": prior,
                     "variant": name,
                     **best,
+                    "forward_gflop_per_sample": round(flops / 1e9, 4),
+                    "passes_per_code": passes,
+                    "achieved_gflops": round(best["codes_per_s"] / grid * flops * passes / 1e9, 2),
+                    "share_of_fp32_matmul_peak": round(best["codes_per_s"] / grid * flops * passes / peak, 4),
+                    "fp32_matmul_peak_gflops": round(peak / 1e9, 1),
                     "command": f"vqgen sample --n 64 --prior {prior} {' '.join(extra)}".strip(),
                 }
             )

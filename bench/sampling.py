@@ -60,6 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prior", action="append", required=True)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--name", default="sampling", help="the results file's name")
     args = parser.parse_args()
     rows = []
     import torch
@@ -89,7 +90,8 @@ def main() -> None:
                 }
             )
             print(rows[-1])
-    write_result("sampling", "python bench/sampling.py " + " ".join(f"--prior {p}" for p in args.prior), rows)
+    command = "python bench/sampling.py " + " ".join(f"--prior {p}" for p in args.prior) + f" --name {args.name}"
+    write_result(args.name, command, rows)
 
 
 if __name__ == "__main__":

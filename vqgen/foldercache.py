@@ -214,7 +214,7 @@ def _build(
     if first is None or isinstance(first, str):
         raise VQGenError(f"none of the {len(files)} image files in '{path}' could be read")
     mode = mode or ("L" if first.shape[2] == 1 else "RGB")
-    npy = where / "images.npy.partial"
+    npy = where / f"images.npy.{os.getpid()}.partial"  # two runs building at once never share a file
     array = np.lib.format.open_memmap(npy, mode="w+", dtype=np.uint8, shape=(len(files), *first.shape))
     del array  # the workers open it themselves
     names = [str(f) for f in files]
@@ -252,7 +252,7 @@ def _build(
         "skipped": [[str(files[row].relative_to(path)), reason] for row, reason, _ in sorted(failed)],
     }
     os.replace(npy, where / "images.npy")
-    partial = where / "index.json.partial"
+    partial = where / f"index.json.{os.getpid()}.partial"
     partial.write_text(json.dumps(index))
     os.replace(partial, where / "index.json")
 

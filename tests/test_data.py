@@ -106,12 +106,16 @@ def test_folder_cache_round_trips_and_maps(tmp_path, monkeypatch, parallel):
         backwards = torch.arange(len(want.images)).flip(0)
         assert torch.equal(got.images[backwards], want.images[backwards])  # rows come back in the order asked
         assert torch.equal(got.images[0], want.images[0])
-    assert len(list((root / "cache").glob("imgs-*/images.npy"))) == 1
+    # other decoding options get a cache of their own, beside the first
+    small = load_data(str(tmp_path / "imgs"), root, image_size=8)
+    assert small.train.images[:].shape[1:] == (3, 8, 8)
+    assert len(list((root / "cache").glob("imgs-*/images.npy"))) == 2
 
     # a second run maps the cache and decodes nothing
     monkeypatch.setattr(foldercache, "_decode_chunk", lambda *a, **k: pytest.fail("decoded again"))
     again = load_data(str(tmp_path / "imgs"), root)
     assert torch.equal(again.train.images[:], data.train.images[:])
+    assert not list(root.rglob("*.partial"))
 
 
 def test_folder_cache_is_rebuilt_when_a_file_changes_and_skips_a_truncated_image(tmp_path):

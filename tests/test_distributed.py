@@ -153,6 +153,8 @@ def test_two_nodes_match_one_process(tmp_path, single):
                 endpoint,
                 "--rdzv-id",
                 "vqgen-test",
+                "--local-addr",
+                "127.0.0.1",
                 str(WORKER),
                 "train-ae",
                 *AE_FLAGS,
@@ -170,7 +172,11 @@ def test_two_nodes_match_one_process(tmp_path, single):
         )
         for node in (0, 1)
     ]
-    outputs = [launcher.communicate(timeout=300)[0] for launcher in launchers]
+    try:
+        outputs = [launcher.communicate(timeout=300)[0] for launcher in launchers]
+    finally:
+        for launcher in launchers:
+            launcher.kill()  # a no-op for one that has exited; else no node outlives a failed test
     assert all(launcher.returncode == 0 for launcher in launchers), "\n".join(o[-3000:] for o in outputs)
     assert_close(rank_weights(dump), ckpt.load_tensors(single / "ae" / ckpt.WEIGHTS))
 

@@ -64,6 +64,8 @@ class MappedImages:
     def __getitem__(self, index) -> torch.Tensor:
         if isinstance(index, torch.Tensor):
             index = index.numpy()
+        if isinstance(index, np.ndarray) and index.ndim == 0:
+            index = int(index)
         single = isinstance(index, (int, np.integer))
         rows = self.rows[[index] if single else index]
         # Sorted reads touch the file in order; the rows come back in the order asked for.
@@ -72,6 +74,8 @@ class MappedImages:
         block[order] = self.array[rows[order]]
         block = block[..., None] if block.ndim == 3 else block[..., :3]
         images = torch.from_numpy(block).permute(0, 3, 1, 2).contiguous()  # (B, H, W, C) → (B, C, H, W)
+        if len(images) == 0:
+            return images.new_zeros(self.shape[1:]).expand(0, *self.shape[1:]).contiguous()
         if self.channels is not None:
             images = convert_channels(images, self.channels)
         if self.size is not None:

@@ -11,6 +11,7 @@ in a temporary folder, mapped, and the folder removed (the mapping keeps the dat
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -124,9 +125,10 @@ def fingerprint(path: Path, files: list[Path], image_size: int | None, channels:
     return digest.hexdigest()
 
 
-def cache_dir(root: Path, path: Path) -> Path:
+def cache_dir(root: Path, path: Path, image_size: int | None, channels: int | None) -> Path:
+    """One cache per folder and decoding options: training and `eval --data` may ask for different ones."""
     key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-    return root / "cache" / f"{path.name}-{key}"
+    return root / "cache" / f"{path.name}-{key}-size{image_size or 'any'}-c{channels or 'any'}"
 
 
 def load_folder(
@@ -142,25 +144,31 @@ def load_folder(
 
     files, class_names, labels = list_images(path)
     stamp = fingerprint(path, files, image_size, channels)
-    where = cache_dir(root, path)
-    index = _read_index(where, stamp)
-    if index is None:
-        if is_distributed():
-            import torch.distributed as dist
+    where = cache_dir(root, path, image_size, channels)
+    if is_distributed():
+        import torch.distributed as dist
 
-            if rank_and_world()[0] == 0:
-                _build_or_report(path, files, where, stamp, image_size, channels, workers)
-            dist.barrier()  # the other ranks map what rank 0 built
-        else:
+        # Every rank meets at the barrier, whatever it finds on disk; only rank 0 builds, and only when needed.
+        if rank_and_world()[0] == 0 and _read_index(where, stamp) is None:
             _build_or_report(path, files, where, stamp, image_size, channels, workers)
-        index = _read_index(where, stamp)
+        dist.barrier()
+    elif _read_index(where, stamp) is None:
+        _build_or_report(path, files, where, stamp, image_size, channels, workers)
+    index = _read_index(where, stamp)
     if index is None:  # the data root is not writable: build in a temporary folder, map it, remove the folder
         with tempfile.TemporaryDirectory(prefix="vqgen-cache-") as tmp:
-            _build_or_report(path, files, Path(tmp), stamp, image_size, channels, workers)
+            try:
+                _build(path, files, Path(tmp), stamp, image_size, channels, workers)
+            except OSError as e:
+                raise VQGenError(
+                    f"'{root}' cannot hold the image cache and neither can {tmp} ({e}); pass a writable --data-root"
+                ) from e
             index = _read_index(Path(tmp), stamp)
             array = np.load(Path(tmp) / "images.npy", mmap_mode="r")
     else:
         array = np.load(where / "images.npy", mmap_mode="r")
+    if index is None or list(array.shape) != index["shape"]:
+        raise VQGenError(f"the image cache in '{where}' is inconsistent; delete that folder and run again")
     skipped = index["skipped"]
     if skipped and strict:
         name, reason = skipped[0]
@@ -177,21 +185,22 @@ def _read_index(where: Path, stamp: str) -> dict | None:
         index = json.loads((where / "index.json").read_text())
     except (OSError, ValueError):
         return None
-    if index.get("fingerprint") != stamp or not (where / "images.npy").exists():
+    if index.get("fingerprint") != stamp or "shape" not in index or not (where / "images.npy").exists():
         return None
     return index
 
 
 def _build_or_report(path, files, where, stamp, image_size, channels, workers) -> None:
+    """Build the cache in `where`, or leave no index there when the data root cannot be written."""
     try:
         where.mkdir(parents=True, exist_ok=True)
     except OSError:
-        return  # not writable: the caller sees no index and builds in a temporary folder
+        return
     try:
         _build(path, files, where, stamp, image_size, channels, workers)
-    except PermissionError:
-        return
     except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return
         raise VQGenError(f"cannot write the image cache in '{where}' ({e}); free some space or pass --data-root") from e
 
 
@@ -215,8 +224,20 @@ def _build(
         raise VQGenError(f"none of the {len(files)} image files in '{path}' could be read")
     mode = mode or ("L" if first.shape[2] == 1 else "RGB")
     npy = where / f"images.npy.{os.getpid()}.partial"  # two runs building at once never share a file
-    array = np.lib.format.open_memmap(npy, mode="w+", dtype=np.uint8, shape=(len(files), *first.shape))
+    try:
+        _fill(npy, path, files, where, stamp, first, mode, image_size, workers)
+    finally:
+        npy.unlink(missing_ok=True)
+
+
+def _fill(npy, path, files, where, stamp, first, mode, image_size, workers) -> None:
+    shape = (len(files), *first.shape)
+    array = np.lib.format.open_memmap(npy, mode="w+", dtype=np.uint8, shape=shape)
     del array  # the workers open it themselves
+    if hasattr(os, "posix_fallocate"):
+        # Reserve the blocks now: a full disk is then an OSError here, not a SIGBUS in a worker's write
+        with open(npy, "r+b") as fh:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
     names = [str(f) for f in files]
     chunks = [(start, names[start : start + CHUNK]) for start in range(0, len(names), CHUNK)]
     failed: list[tuple[int, str, tuple[int, ...] | None]] = []
@@ -236,9 +257,8 @@ def _build(
                 for job, (_, chunk) in zip(jobs, chunks, strict=True):
                     failed += job.result()
                     advance(len(chunk))
-    wrong_size = sorted({shape[:2] for _, reason, shape in failed if reason == "size"} | {first.shape[:2]})
+    wrong_size = sorted({found[:2] for _, reason, found in failed if reason == "size"} | {first.shape[:2]})
     if len(wrong_size) > 1:
-        npy.unlink(missing_ok=True)
         raise VQGenError(
             f"images in '{path}' have {len(wrong_size)} different sizes (e.g. {wrong_size[:3]}); "
             "pass --image-size N to resize and centre-crop them all to N×N"
@@ -246,11 +266,13 @@ def _build(
     bad = {row for row, _, _ in failed}
     index = {
         "fingerprint": stamp,
+        "shape": list(shape),
         "folder": str(path.resolve()),
         "files": [str(f.relative_to(path)) for f in files],
         "rows": [row for row in range(len(files)) if row not in bad],
         "skipped": [[str(files[row].relative_to(path)), reason] for row, reason, _ in sorted(failed)],
     }
+    (where / "index.json").unlink(missing_ok=True)  # never an old index beside the new array
     os.replace(npy, where / "images.npy")
     partial = where / f"index.json.{os.getpid()}.partial"
     partial.write_text(json.dumps(index))

@@ -56,6 +56,8 @@ class AEConfig:
             raise ValueError(f"downsample must be 2, 4, 8 or 16, not {self.downsample}")
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}, not {self.quantizer!r}")
+        if not 0 <= self.restart_below < 1:
+            raise ValueError(f"--restart-below must be in [0, 1) (a share of the mean use), not {self.restart_below}")
         if not 0 <= self.lookup_dim <= self.embed_dim:
             raise ValueError(f"--lookup-dim must be in [0, --embed-dim {self.embed_dim}], not {self.lookup_dim}")
         if self.quantizer == "fsq":

@@ -164,6 +164,15 @@ def test_folder_errors(tmp_path):
         load_data(str(tmp_path / "nope"))
 
 
+def test_forward_batches_shrink_with_the_image_area():
+    from vqgen.data import pixel_batch
+
+    assert pixel_batch(500, torch.zeros(1, 3, 32, 32)) == 500  # MNIST, CIFAR-10 and shapes keep their batch
+    assert pixel_batch(500, torch.zeros(1, 3, 28, 28)) == 500
+    assert pixel_batch(500, torch.zeros(1, 3, 128, 128)) == 31
+    assert pixel_batch(500, torch.zeros(1, 3, 1024, 1024)) == 1
+
+
 def test_npz_and_npy(tmp_path):
     images = np.random.default_rng(0).integers(0, 255, (30, 16, 16), dtype=np.uint8)
     labels = np.arange(30) % 3

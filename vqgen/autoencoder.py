@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from vqgen import checkpoint as ckpt
 from vqgen.adversarial import Adversary
-from vqgen.data import ImageData, Split, iterate_batches, load_data, to_float, to_uint8
+from vqgen.data import ImageData, Split, iterate_batches, load_data, pixel_batch, to_float, to_uint8
 from vqgen.errors import VQGenError
 from vqgen.images import save_grid
 from vqgen.metrics import codes_used, image_mse, perplexity, psnr_from_mse
@@ -161,7 +161,7 @@ def evaluate_split(model: VQVAE, split: Split, device: torch.device, batch_size:
     model.eval()
     counts = torch.zeros(model.cfg.codebook_size, dtype=torch.long, device=device)
     se_sum, n = 0.0, len(split)
-    for start, stop in iterate_batches(n, batch_size):
+    for start, stop in iterate_batches(n, pixel_batch(batch_size, split.images)):
         x = to_float(split.images[start:stop]).to(device)
         recon, vq = model(x)
         se_sum += float(image_mse(recon, x).sum())

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from vqgen import checkpoint as ckpt
-from vqgen.data import Split, iterate_batches, to_float
+from vqgen.data import Split, iterate_batches, pixel_batch, to_float
 from vqgen.errors import VQGenError
 from vqgen.metrics import codes_used, perplexity
 
@@ -112,7 +112,7 @@ def encode_split(model, split: Split, device: torch.device, batch_size: int = 50
     model.eval()
     out = []
     task = progress.add_task("encode", total=len(split), info="") if progress is not None else None
-    for start, stop in iterate_batches(len(split), batch_size):
+    for start, stop in iterate_batches(len(split), pixel_batch(batch_size, split.images)):
         out.append(model.encode(to_float(split.images[start:stop]).to(device)).cpu())
         if progress is not None:
             progress.update(task, completed=stop)

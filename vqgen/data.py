@@ -433,6 +433,13 @@ class BatchOrder:
         self.epoch, self.position, self._perm = int(state["epoch"]), int(state["position"]), None
 
 
+def pixel_batch(batch_size: int, images) -> int:
+    """A forward-only batch chosen for 32×32 images, scaled down for larger ones so that a pass holds about the same
+    number of pixels: activations of 500 images at 256 px would take gigabytes per layer."""
+    pixels = images.shape[-2] * images.shape[-1]
+    return max(1, batch_size * 1024 // pixels) if pixels > 1024 else batch_size
+
+
 def iterate_batches(n: int, batch_size: int):
     """Sequential (start, stop) slices over n rows, for evaluation and encoding."""
     for start in range(0, n, batch_size):

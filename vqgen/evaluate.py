@@ -31,6 +31,7 @@ from vqgen.data import (
     Split,
     default_root,
     iterate_batches,
+    pixel_batch,
     to_float,
     to_uint8,
 )
@@ -339,7 +340,7 @@ def reconstruction_pass(
     counts = torch.zeros(model.cfg.codebook_size, dtype=torch.long)
     se_sum, ssim_sum, codes, kept = 0.0, 0.0, [], []
     task = progress.add_task("reconstruct", total=len(split), info="") if progress is not None else None
-    for start, stop in iterate_batches(len(split), batch_size):
+    for start, stop in iterate_batches(len(split), pixel_batch(batch_size, split.images)):
         x = to_float(split.images[start:stop]).to(device)  # (B, C, n, n)
         recon, vq = model(x)
         se_sum += float(image_mse(recon, x).sum())

@@ -74,8 +74,8 @@ class MappedImages:
         block[order] = self.array[rows[order]]
         block = block[..., None] if block.ndim == 3 else block[..., :3]
         images = torch.from_numpy(block).permute(0, 3, 1, 2).contiguous()  # (B, H, W, C) → (B, C, H, W)
-        if len(images) == 0:
-            return images.new_zeros(self.shape[1:]).expand(0, *self.shape[1:]).contiguous()
+        if len(images) == 0:  # resizing nothing would fail; an empty selection has the split's shape
+            return torch.zeros((0, *self.shape[1:]), dtype=torch.uint8)
         if self.channels is not None:
             images = convert_channels(images, self.channels)
         if self.size is not None:

@@ -230,19 +230,19 @@ class VectorQuantizer(Quantizer):
     @torch.no_grad()
     def _restart_dead_codes(self, z_flat: torch.Tensor, counts: torch.Tensor) -> None:
         self.step += 1
-        used = all_reduce_sum(counts.clone()) > 0
+        global_counts = all_reduce_sum(counts.clone())  # (K,)
+        used = global_counts > 0
         self.last_used[used] = self.step
         self.restarted = 0
+        if self.restart_dead <= 0 and self.restart_below <= 0:
+            return
         dead = torch.zeros_like(used)
         if self.restart_dead > 0:
             dead |= (self.step - self.last_used) >= self.restart_dead
         if self.restart_below > 0:
-            global_counts = all_reduce_sum(counts.float())
-            share = global_counts / global_counts.mean().clamp_min(1e-12)  # (K,), 1 = uniform use
+            share = global_counts.float() / global_counts.float().mean().clamp_min(1e-12)  # (K,), 1 = uniform use
             self.usage.mul_(USAGE_DECAY).add_(share, alpha=1 - USAGE_DECAY)
             dead |= self.usage < self.restart_below
-        if not self.restart_dead > 0 and not self.restart_below > 0:
-            return
         dead = broadcast_from_rank0(dead.to(torch.uint8)).bool()
         n_dead = int(dead.sum())
         if n_dead == 0:

@@ -68,6 +68,28 @@ def test_discriminator_waits_for_its_start_step():
     assert any(not torch.equal(a, b) for a, b in zip(before, adversary.discriminator.parameters(), strict=True))
 
 
+def test_generator_pass_leaves_the_discriminator_alone_and_its_step_is_the_hinge_step():
+    torch.manual_seed(0)
+    real = torch.rand(4, 1, 16, 16) * 2 - 1
+    last = torch.nn.Parameter(torch.randn(1, 1, 3, 3))
+    for feature_weight in (0.0, 0.3):
+        adversary = Adversary(1, weight=0.5, start=0, lr=1e-3, device=torch.device("cpu"), feature_weight=feature_weight)
+        reference = PatchDiscriminator(1)
+        reference.load_state_dict(adversary.discriminator.state_dict())
+        recon = torch.nn.functional.conv2d(real, last, padding=1)
+        rec = ((recon - real) ** 2).mean()
+        term, _ = adversary.generator_term(real, recon, rec, last)
+        (rec + term).backward()
+        assert last.grad is not None and all(p.grad is None for p in adversary.discriminator.parameters())
+        adversary.discriminator_step()
+        expected_loss = hinge_discriminator_loss(reference(real), reference(recon.detach()))
+        expected_loss.backward()
+        torch.optim.Adam(reference.parameters(), lr=1e-3, betas=(0.5, 0.9)).step()
+        for got, want in zip(adversary.discriminator.parameters(), reference.parameters(), strict=True):
+            assert torch.allclose(got, want, atol=1e-7) and got.requires_grad
+        last.grad = None
+
+
 def test_adversarial_resume_is_bit_identical(in_tmp, monkeypatch):
     from vqgen.autoencoder import AutoencoderTask
 

@@ -113,7 +113,7 @@ class Adversary:
         # β1 = 0.5 as in VQGAN: a GAN's moving target makes long momentum harmful
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.9))
         self.steps = 0  # autoencoder steps seen, saved with the training state
-        self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None  # real, fake, D(real)
 
     @property
     def active(self) -> bool:
@@ -128,17 +128,23 @@ class Adversary:
             self._batch = None
             stats = {"adv_weight": zero.detach()}
             return zero, stats | ({"feature_matching": zero.detach()} if self.feature_weight else {})
+        # The autoencoder's backward passes need only the discriminator's input gradients: with its weights frozen
+        # for this forward pass they skip the weight gradients, which its own step computes anyway.
+        self.discriminator.requires_grad_(False)
         fake_features, fake_logits = self.discriminator.features(recon)
+        self.discriminator.requires_grad_(True)
         adv = generator_loss(fake_logits)
         lam = adaptive_weight(rec_loss, adv, last_layer)
-        self._batch = (real.detach(), recon.detach())
+        real_logits = None
         term, stats = self.weight * lam * adv, {"adv_weight": lam}
         if self.feature_weight:
-            with torch.no_grad():
-                real_features, _ = self.discriminator.features(real)
+            # one forward pass of the real batch serves both the matching target (detached) and, through its
+            # weights' graph, the discriminator's own step on this batch with these same weights
+            real_features, real_logits = self.discriminator.features(real.detach())
             matching = feature_matching_loss(fake_features, real_features)
             term = term + self.feature_weight * matching
             stats["feature_matching"] = matching.detach()
+        self._batch = (real.detach(), recon.detach(), real_logits)
         return term, stats
 
     def discriminator_step(self) -> torch.Tensor | None:
@@ -146,9 +152,11 @@ class Adversary:
         self.steps += 1
         if self._batch is None:
             return None
-        real, fake = self._batch
+        real, fake, real_logits = self._batch
         self._batch = None
-        loss = hinge_discriminator_loss(self.discriminator(real), self.discriminator(fake))
+        if real_logits is None:
+            real_logits = self.discriminator(real)
+        loss = hinge_discriminator_loss(real_logits, self.discriminator(fake))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for param in self.discriminator.parameters():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from vqgen.errors import VQGenError
 from vqgen.images import save_grid
 from vqgen.metrics import codes_used, image_mse, perplexity, psnr_from_mse
 from vqgen.presets import preset_for
+from vqgen.quantize import QuantizerOutput
 from vqgen.train import (
     Task,
     TrainConfig,
@@ -90,6 +92,8 @@ class AutoencoderTask(Task):
         rec = reconstruction_loss(recon, x)
         stats = {"mse": rec.detach() / 4, "counts": vq.counts, "restarted": self._restarted()}
         loss = rec + vq.loss
+        if vq.top is not None:
+            stats["counts_top"] = vq.top.counts
         if self.adversary is not None:
             term, adv_stats = self.adversary.generator_term(x, recon, rec, self.model.decoder.last_layer())
             loss = loss + term
@@ -137,6 +141,11 @@ class AutoencoderTask(Task):
             "perplexity": perplexity(sums["counts"]),
             "restarted": float(sums["restarted"]),
         }
+        if "counts_top" in sums:  # a two-level model: the fields above are its bottom grid's
+            metrics |= {
+                "codes_used_top": codes_used(sums["counts_top"]),
+                "perplexity_top": perplexity(sums["counts_top"]),
+            }
         if "adv_weight" in sums:
             metrics["adv_weight"] = float(sums["adv_weight"]) / steps  # the adaptive λ, 0 before the start
         if "feature_matching" in sums:
@@ -159,16 +168,29 @@ def evaluate_split(model: VQVAE, split: Split, device: torch.device, batch_size:
     """MSE, PSNR (of the mean MSE), codes used and perplexity over a whole split."""
     was_training = model.training
     model.eval()
-    counts = torch.zeros(model.cfg.codebook_size, dtype=torch.long, device=device)
+    counts = torch.zeros(model.cfg.levels, model.cfg.codebook_size, dtype=torch.long, device=device)  # top first
     se_sum, n = 0.0, len(split)
     for start, stop in iterate_batches(n, pixel_batch(batch_size, split.images)):
         x = to_float(split.images[start:stop]).to(device)
         recon, vq = model(x)
         se_sum += float(image_mse(recon, x).sum())
-        counts += vq.counts
+        counts += level_counts(vq)
     model.train(was_training)
     mse = se_sum / max(n, 1)
-    return {"mse": mse, "psnr": psnr_from_mse(mse), "codes_used": codes_used(counts), "perplexity": perplexity(counts)}
+    return {"mse": mse, "psnr": psnr_from_mse(mse)} | usage_metrics(counts)
+
+
+def level_counts(vq: QuantizerOutput) -> torch.Tensor:
+    """How often each code of each level was chosen: (levels, K), top first."""
+    return torch.stack([vq.top.counts, vq.counts]) if vq.top is not None else vq.counts[None]
+
+
+def usage_metrics(counts: torch.Tensor) -> dict[str, float]:
+    """Codes used and perplexity from (levels, K) counts; a two-level model's top grid gets its own `_top` pair."""
+    metrics = {"codes_used": codes_used(counts[-1]), "perplexity": perplexity(counts[-1])}
+    if len(counts) == 2:
+        metrics |= {"codes_used_top": codes_used(counts[0]), "perplexity_top": perplexity(counts[0])}
+    return metrics
 
 
 @torch.no_grad()
@@ -237,6 +259,12 @@ def train_autoencoder(
         raise VQGenError(
             f"images are {height}×{width}, not divisible by --downsample {ae.downsample}; "
             f"pass --image-size {((height + ae.downsample - 1) // ae.downsample) * ae.downsample}"
+        )
+    if ae.levels == 2 and (height // ae.downsample) % 2:
+        even = 2 * ae.downsample * math.ceil(height / (2 * ae.downsample))
+        raise VQGenError(
+            f"--levels 2 halves the {height // ae.downsample}×{height // ae.downsample} code grid for its top level, "
+            f"so it must be even: pass --image-size {even} or another --downsample"
         )
     ae.image_size, ae.channels = height, channels
     seed_everything(train.seed)

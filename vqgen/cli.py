@@ -223,6 +223,14 @@ def train_ae(
     ] = None,
     res_blocks: Annotated[int, typer.Option("--res-blocks", help="Residual blocks in encoder and decoder.")] = 2,
     downsample: Annotated[int, typer.Option("--downsample", help="n/m: 2, 4, 8 or 16 (an n×n image → m×m codes).")] = 4,
+    levels: Annotated[
+        int,
+        typer.Option(
+            "--levels",
+            help="2: two-level codes as in VQ-VAE-2, a top grid of (m/2)×(m/2) over the m×m bottom grid, which is "
+            "quantized and decoded with the top's context; each level gets its own prior (train-prior --level).",
+        ),
+    ] = 1,
     beta: Annotated[
         float, typer.Option("--beta", help="β, weight of the codebook loss ‖q − sg(z)‖² (vq, simvq).")
     ] = 1.0,
@@ -335,7 +343,7 @@ def train_ae(
 
     preset = preset_for(data)
     try:
-        levels = [int(v) for v in fsq_levels.split(",") if v.strip()]
+        fsq = [int(v) for v in fsq_levels.split(",") if v.strip()]
         ae = AEConfig(
             hidden=preset.ae_hidden if hidden is None else hidden,
             res_blocks=res_blocks,
@@ -350,9 +358,10 @@ def train_ae(
             restart_dead=restart_dead,
             restart_below=restart_below,
             kmeans_init=kmeans_init,
-            fsq_levels=levels,
+            fsq_levels=fsq,
             lookup_dim=lookup_dim,
             cosine=cosine,
+            levels=levels,
         )
     except ValueError as e:
         raise VQGenError(f"{e}") from e
@@ -463,7 +472,15 @@ def encode(
     _print_table(
         f"{out}: {stats['train_images']} train + {stats['test_images']} test grids of "
         f"{codes.grid_size}×{codes.grid_size}, K={codes.codebook_size}",
-        {"codes used (train)": stats["codes_used"], "perplexity (train)": stats["perplexity"]},
+        {"codes used (train)": stats["codes_used"], "perplexity (train)": stats["perplexity"]}
+        | (
+            {
+                "top grid: codes used (train)": stats["codes_used_top"],
+                "top grid: perplexity (train)": stats["perplexity_top"],
+            }
+            if "codes_used_top" in stats
+            else {}
+        ),
         console,
     )
 
@@ -482,7 +499,23 @@ def train_prior_cmd(
     arch: Annotated[
         str, typer.Option("--arch", help="transformer (PixelAtt, a causal Transformer) or pixelcnn (gated PixelCNN).")
     ] = "transformer",
-    out: Annotated[Path, typer.Option("--out", help="Run folder to write.")] = Path("runs/prior"),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Run folder to write (default: runs/prior; runs/prior-bottom with --level bottom).",
+            show_default=False,
+        ),
+    ] = None,
+    level: Annotated[
+        str | None,
+        typer.Option(
+            "--level",
+            help="Which grid of a two-level autoencoder's codes to model: top, or bottom (conditioned on the top "
+            "grid). One-level codes need none.",
+            show_default=False,
+        ),
+    ] = None,
     class_conditional: Annotated[
         bool | None,
         typer.Option(
@@ -561,8 +594,9 @@ def train_prior_cmd(
         weight_decay=weight_decay,
     )
     console = _console()
+    out = out or Path("runs/prior-bottom" if level == "bottom" else "runs/prior")
     results, run_dir = train_prior(
-        prior, train, codes, out, class_conditional, resume, force, console, layers, width, heads
+        prior, train, codes, out, class_conditional, resume, force, console, layers, width, heads, level
     )
     _print_table(f"held-out results ({run_dir})", results, console)
 
@@ -585,6 +619,14 @@ TopPOpt = Annotated[
 IgnoreHashOpt = Annotated[
     bool,
     typer.Option("--ignore-hash", help="Sample even if the autoencoder's weights changed since the prior was trained."),
+]
+BottomPriorOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--bottom-prior",
+        help="A two-level autoencoder's bottom prior (default: the --prior folder's name + '-bottom').",
+        show_default=False,
+    ),
 ]
 AeOverrideOpt = Annotated[
     Path | None,
@@ -624,6 +666,7 @@ def sample(
         bool,
         typer.Option("--no-cache", help="Transformer: recompute the whole sequence for each code (for benchmarks)."),
     ] = False,
+    bottom_prior: BottomPriorOpt = None,
     ae: AeOverrideOpt = None,
     ignore_hash: IgnoreHashOpt = False,
     device: DeviceOpt = "auto",
@@ -634,7 +677,7 @@ def sample(
     from vqgen.sample import sample as run_sample
 
     opts = SamplingOptions(temperature, top_k, top_p, batch_size, seed, use_cache=not no_cache, guidance=guidance)
-    pipe = load_pipeline(prior, device, ae, ignore_hash, precision)
+    pipe = load_pipeline(prior, device, ae, ignore_hash, precision, bottom_prior)
     wanted = ["all"] if classes_all else (classes or [])
     result = run_sample(pipe, n, out, opts, wanted, save_codes)
     console = _console()
@@ -651,7 +694,9 @@ def sample(
 @app.command()
 def complete(
     images: Annotated[list[Path], typer.Option("--image", help="Image file(s) to complete (repeatable).")],
-    keep_rows: Annotated[int, typer.Option("--keep-rows", help="Rows of codes to keep from each image.")] = 3,
+    keep_rows: Annotated[
+        int, typer.Option("--keep-rows", help="Rows of codes to keep from each image (of the top grid, two-level).")
+    ] = 3,
     n: Annotated[int, typer.Option("--n", help="Completions per image.")] = 8,
     prior: PriorOpt = Path("runs/prior"),
     out: Annotated[Path, typer.Option("--out", help="Folder for completions.png.")] = Path("samples"),
@@ -664,6 +709,7 @@ def complete(
         str | None,
         typer.Option("--class", help="Class to complete towards (conditional priors).", show_default=False),
     ] = None,
+    bottom_prior: BottomPriorOpt = None,
     ae: AeOverrideOpt = None,
     ignore_hash: IgnoreHashOpt = False,
     device: DeviceOpt = "auto",
@@ -676,7 +722,7 @@ def complete(
     from vqgen.sample import SamplingOptions, load_pipeline
     from vqgen.sample import complete as run_complete
 
-    pipe = load_pipeline(prior, device, ae, ignore_hash, precision)
+    pipe = load_pipeline(prior, device, ae, ignore_hash, precision, bottom_prior)
     opts = SamplingOptions(temperature, top_k, top_p, seed=seed, guidance=guidance)
     path = run_complete(pipe, images, keep_rows, n, out, opts, label)
     _console().print(f"wrote {path}")
@@ -730,6 +776,7 @@ def eval_cmd(
             show_default=False,
         ),
     ] = None,
+    bottom_prior: BottomPriorOpt = None,
     ignore_hash: IgnoreHashOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -762,7 +809,7 @@ def eval_cmd(
         classifier_steps=classifier_steps,
     )
     console = _console()
-    report, path = evaluate_run(ae, prior, data, data_root, opts, device, ignore_hash, console, out)
+    report, path = evaluate_run(ae, prior, data, data_root, opts, device, ignore_hash, console, out, bottom_prior)
     _print_table(f"{path} ({report['data']['name']}, {report['seconds']:.0f} s)", report_rows(report), console)
 
 

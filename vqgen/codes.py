@@ -2,13 +2,14 @@
 
 A codes file is safetensors: `train.codes`, `test.codes` as (N, m, m) integer tensors, `train.labels` and
 `test.labels` where the data has labels, and metadata naming the codebook size, grid size, data set, number of
-classes, the autoencoder's run folder and the SHA-256 of its weights.
+classes, the autoencoder's run folder and the SHA-256 of its weights. A two-level autoencoder's file also holds
+`train.top`, `test.top` as (N, m/2, m/2) (metadata `levels` 2); `train.codes` is then its bottom grid.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,6 +33,29 @@ class CodesFile:
     ae_run: str
     ae_sha256: str
     class_names: list[str] | None = None
+    train_top: torch.Tensor | None = None  # (N, m/2, m/2): a two-level autoencoder's top grids
+    test_top: torch.Tensor | None = None
+
+    @property
+    def levels(self) -> int:
+        return 1 if self.train_top is None else 2
+
+    def level(self, name: str) -> CodesFile:
+        """The codes a prior of `--level name` models: 'top' or 'bottom' of a two-level file (the bottom keeps the
+        top as its context), 'single' of a one-level one."""
+        if (name == "single") != (self.levels == 1):
+            hint = "--level top or --level bottom" if self.levels == 2 else "no --level (or --level single)"
+            raise VQGenError(f"these codes have {self.levels} level(s): train their prior with {hint}")
+        if name != "top":
+            return self
+        return replace(
+            self,
+            train_codes=self.train_top,
+            test_codes=self.test_top,
+            grid_size=self.grid_size // 2,
+            train_top=None,
+            test_top=None,
+        )
 
 
 def _storage_dtype(codebook_size: int) -> torch.dtype:
@@ -44,6 +68,8 @@ def save_codes(path: str | Path, codes: CodesFile) -> None:
     if codes.train_labels is not None and codes.test_labels is not None:
         tensors["train.labels"] = codes.train_labels.long()
         tensors["test.labels"] = codes.test_labels.long()
+    if codes.train_top is not None and codes.test_top is not None:
+        tensors["train.top"], tensors["test.top"] = codes.train_top.to(dtype), codes.test_top.to(dtype)
     meta = {
         "kind": "vqgen-codes",
         "codebook_size": str(codes.codebook_size),
@@ -53,6 +79,7 @@ def save_codes(path: str | Path, codes: CodesFile) -> None:
         "ae_run": codes.ae_run,
         "ae_sha256": codes.ae_sha256,
         "class_names": json.dumps(codes.class_names),
+        "levels": str(codes.levels),
     }
     ckpt.save_tensors(path, tensors, meta)
 
@@ -70,21 +97,32 @@ def load_codes(path: str | Path) -> CodesFile:
         class_names = json.loads(meta.get("class_names", "null"))
     except (KeyError, ValueError) as e:
         raise VQGenError(f"'{path}' has damaged metadata ({e}); encode the data again") from e
-    for name in ("train.codes", "test.codes"):
+    levels = meta.get("levels", "1")
+    if levels not in ("1", "2"):
+        raise VQGenError(f"'{path}' has damaged metadata (levels {levels!r}); encode the data again")
+    grids = {"codes": m} | ({"top": m // 2} if levels == "2" else {})
+    for name, side in ((f"{split}.{g}", side) for split in ("train", "test") for g, side in grids.items()):
         if name not in entries:
             raise VQGenError(f"'{path}' has no '{name}' tensor; encode the data again")
         dtype, shape = entries[name]
-        if dtype not in ("I16", "I32", "I64", "U8") or len(shape) != 3 or shape[1:] != (m, m):
-            raise VQGenError(f"'{path}': '{name}' is {dtype}{list(shape)}, expected integer (N, {m}, {m})")
+        if dtype not in ("I16", "I32", "I64", "U8") or len(shape) != 3 or shape[1:] != (side, side):
+            raise VQGenError(f"'{path}': '{name}' is {dtype}{list(shape)}, expected integer (N, {side}, {side})")
     tensors = ckpt.load_tensors(path)
     out = {}
+    tops = {}
     for split in ("train", "test"):
+        for g in grids:
+            codes = tensors[f"{split}.{g}"].long()
+            if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= k):
+                raise VQGenError(
+                    f"'{path}': {split} codes range over [{int(codes.min())}, {int(codes.max())}] but the codebook "
+                    f"has K={k} entries; the file is damaged or from another autoencoder: encode again"
+                )
         codes = tensors[f"{split}.codes"].long()
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= k):
-            raise VQGenError(
-                f"'{path}': {split} codes range over [{int(codes.min())}, {int(codes.max())}] but the codebook has "
-                f"K={k} entries; the file is damaged or from another autoencoder: encode again"
-            )
+        if levels == "2":
+            tops[split] = tensors[f"{split}.top"].long()
+            if len(tops[split]) != len(codes):
+                raise VQGenError(f"'{path}': {split}.top and {split}.codes differ in length; encode again")
         labels = tensors.get(f"{split}.labels")
         if labels is not None:
             labels = labels.long()
@@ -103,21 +141,28 @@ def load_codes(path: str | Path) -> CodesFile:
         meta.get("ae_run", ""),
         meta.get("ae_sha256", ""),
         class_names,
+        tops.get("train"),
+        tops.get("test"),
     )
 
 
 @torch.no_grad()
-def encode_split(model, split: Split, device: torch.device, batch_size: int = 500, progress=None) -> torch.Tensor:
-    """Images (N, C, n, n) uint8 → codes (N, m, m) int64, batched, without gradients."""
+def encode_split(model, split: Split, device: torch.device, batch_size: int = 500, progress=None) -> list[torch.Tensor]:
+    """Images (N, C, n, n) uint8 → the codes of each level, top first: [(N, m, m)] or [(N, m/2, m/2), (N, m, m)],
+    int64, batched, without gradients."""
     model.eval()
-    out = []
+    out: list[list[torch.Tensor]] = [[] for _ in model.cfg.grid_sizes]
     task = progress.add_task("encode", total=len(split), info="") if progress is not None else None
     for start, stop in iterate_batches(len(split), pixel_batch(batch_size, split.images)):
-        out.append(model.encode(to_float(split.images[start:stop]).to(device)).cpu())
+        grids = model.encode_levels(to_float(split.images[start:stop]).to(device))
+        for level, grid in zip(out, grids, strict=True):
+            level.append(grid.cpu())
         if progress is not None:
             progress.update(task, completed=stop)
-    m = model.cfg.grid_size
-    return torch.cat(out) if out else torch.zeros(0, m, m, dtype=torch.long)
+    return [
+        torch.cat(level) if level else torch.zeros(0, m, m, dtype=torch.long)
+        for level, m in zip(out, model.cfg.grid_sizes, strict=True)
+    ]
 
 
 def encode_dataset(
@@ -137,8 +182,9 @@ def encode_dataset(
     model, config = load_autoencoder(ae_run, dev)
     dataset = data_for(model, config, data, data_root)
     with make_progress(console) as progress:
-        train_codes = encode_split(model, dataset.train, dev, batch_size, progress)
-        test_codes = encode_split(model, dataset.test, dev, batch_size, progress)
+        train_levels = encode_split(model, dataset.train, dev, batch_size, progress)
+        test_levels = encode_split(model, dataset.test, dev, batch_size, progress)
+    train_codes, test_codes = train_levels[-1], test_levels[-1]
     codes = CodesFile(
         train_codes,
         test_codes,
@@ -151,6 +197,8 @@ def encode_dataset(
         str(Path(ae_run).resolve()),  # absolute: the codes file is read from other working directories
         ckpt.sha256(Path(ae_run) / ckpt.WEIGHTS),
         dataset.class_names,
+        train_levels[0] if len(train_levels) == 2 else None,
+        test_levels[0] if len(test_levels) == 2 else None,
     )
     save_codes(out, codes)
     counts = torch.bincount(train_codes.flatten(), minlength=model.cfg.codebook_size)
@@ -160,4 +208,7 @@ def encode_dataset(
         "codes_used": codes_used(counts),
         "perplexity": perplexity(counts),
     }
+    if codes.train_top is not None:
+        top_counts = torch.bincount(codes.train_top.flatten(), minlength=model.cfg.codebook_size)
+        stats |= {"codes_used_top": codes_used(top_counts), "perplexity_top": perplexity(top_counts)}
     return codes, stats

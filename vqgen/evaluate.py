@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from vqgen import __version__
 from vqgen import checkpoint as ckpt
-from vqgen.autoencoder import DataConfig, data_config_of, data_for, load_autoencoder
+from vqgen.autoencoder import DataConfig, data_config_of, data_for, level_counts, load_autoencoder, usage_metrics
 from vqgen.codes import CodesFile, encode_split
 from vqgen.data import (
     SHAPES_VERSION,
@@ -37,14 +37,12 @@ from vqgen.data import (
 )
 from vqgen.errors import VQGenError
 from vqgen.metrics import (
-    codes_used,
     copy_fraction,
     distinct_fraction,
     entropy_bits,
     frechet_distance,
     grid_keys,
     image_mse,
-    perplexity,
     psnr_from_mse,
     ssim,
 )
@@ -333,20 +331,24 @@ def load_or_train_classifier(
 @torch.no_grad()
 def reconstruction_pass(
     model: VQVAE, split: Split, device: torch.device, batch_size: int = 500, keep: int = 0, progress=None
-) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-    """One pass over a split: MSE, PSNR, SSIM, codes used and perplexity; its code grids (N, m, m); and the uint8
-    reconstructions of its first `keep` images (keep, C, n, n)."""
+) -> tuple[dict[str, float], list[torch.Tensor], torch.Tensor]:
+    """One pass over a split: MSE, PSNR, SSIM, codes used and perplexity; its code grids, one (N, m_l, m_l) per
+    level, top first; and the uint8 reconstructions of its first `keep` images (keep, C, n, n)."""
     model.eval()
-    counts = torch.zeros(model.cfg.codebook_size, dtype=torch.long)
-    se_sum, ssim_sum, codes, kept = 0.0, 0.0, [], []
+    counts = torch.zeros(model.cfg.levels, model.cfg.codebook_size, dtype=torch.long)
+    se_sum, ssim_sum, kept = 0.0, 0.0, []
+    codes: list[list[torch.Tensor]] = [[] for _ in model.cfg.grid_sizes]
     task = progress.add_task("reconstruct", total=len(split), info="") if progress is not None else None
     for start, stop in iterate_batches(len(split), pixel_batch(batch_size, split.images)):
         x = to_float(split.images[start:stop]).to(device)  # (B, C, n, n)
         recon, vq = model(x)
         se_sum += float(image_mse(recon, x).sum())
         ssim_sum += float(ssim(recon, x).sum())
-        counts += vq.counts.cpu()
-        codes.append(vq.indices.cpu())  # (B, m, m)
+        counts += level_counts(vq).cpu()
+        for level, grid in zip(
+            codes, [vq.top.indices, vq.indices] if vq.top is not None else [vq.indices], strict=True
+        ):
+            level.append(grid.cpu())  # (B, m_l, m_l)
         if start < keep:
             kept.append(to_uint8(recon[: keep - start]).cpu())
         if progress is not None:
@@ -357,11 +359,11 @@ def reconstruction_pass(
         "mse": mse,
         "psnr": psnr_from_mse(mse),
         "ssim": ssim_sum / n,
-        "codes_used": codes_used(counts),
-        "perplexity": perplexity(counts),
-    }
-    m = model.cfg.grid_size
-    grids = torch.cat(codes) if codes else torch.zeros(0, m, m, dtype=torch.long)
+    } | usage_metrics(counts)
+    grids = [
+        torch.cat(level) if level else torch.zeros(0, m, m, dtype=torch.long)
+        for level, m in zip(codes, model.cfg.grid_sizes, strict=True)
+    ]
     recons = torch.cat(kept) if kept else split.images[:0]
     return metrics, grids, recons
 
@@ -389,6 +391,7 @@ def evaluate_run(
     ignore_hash: bool = False,
     console=None,
     out: str | Path | None = None,
+    bottom_run: str | Path | None = None,
 ) -> tuple[dict, Path]:
     """Evaluate an autoencoder run, and a prior run with it; write the report to `out`, by default eval.json in the
     prior's folder (else the autoencoder's). Returns the report and the path written."""
@@ -399,7 +402,7 @@ def evaluate_run(
         load_pipeline,
         resolve_classes,
         resolve_guidance,
-        sample_codes,
+        sample_levels,
     )
 
     opts = opts or EvalOptions()
@@ -408,7 +411,8 @@ def evaluate_run(
     dev = resolve_device(device)
     pipe = None
     if prior_run is not None:
-        pipe = load_pipeline(prior_run, device, ae_run, ignore_hash)  # checks the autoencoder's hash and sizes
+        # checks the autoencoder's hash and sizes (and finds a two-level autoencoder's bottom prior)
+        pipe = load_pipeline(prior_run, device, ae_run, ignore_hash, bottom_run=bottom_run)
         ae_dir = pipe.ae_dir
         model, ae_config = pipe.ae, ckpt.read_config(ae_dir, "vqvae")
     else:
@@ -452,7 +456,7 @@ def evaluate_run(
             # ---- stage two: held-out likelihood, beside the unigram entropy (a prior that ignores context)
             limit = min(opts.train_limit, len(dataset.train))
             train_split = Split(dataset.train.images[:limit], None)
-            train_codes = encode_split(model, train_split, dev, opts.batch_size, progress)  # (M, m, m)
+            train_codes = encode_split(model, train_split, dev, opts.batch_size, progress)  # [(M, m_l, m_l)] per level
             prior_cfg = pipe.prior.cfg
             report["runs"]["prior"] = {
                 "run": str(prior_run),
@@ -460,11 +464,19 @@ def evaluate_run(
                 "arch": prior_cfg.arch,
                 "class_conditional": prior_cfg.num_classes > 0,
             }
+            if pipe.bottom is not None:
+                report["runs"]["bottom_prior"] = {
+                    "run": str(pipe.bottom_run),
+                    "sha256": ckpt.sha256(pipe.bottom_run / ckpt.WEIGHTS),
+                    "arch": pipe.bottom.cfg.arch,
+                    "class_conditional": pipe.bottom.cfg.num_classes > 0,
+                }
             # True labels only where they mean what the prior learned: the same number of classes.
             use_labels = labelled and prior_cfg.num_classes == dataset.num_classes
+            two = len(test_codes) == 2
             codes = CodesFile(
-                train_codes,
-                test_codes,
+                train_codes[-1],
+                test_codes[-1],
                 None,
                 test.labels if use_labels else None,
                 k,
@@ -473,18 +485,29 @@ def evaluate_run(
                 dataset.name,
                 str(ae_dir),
                 "",
+                None,
+                train_codes[0] if two else None,
+                test_codes[0] if two else None,
             )
-            nll = evaluate_prior(pipe.prior, codes, dev, batch_size=opts.batch_size)
-            unigram = entropy_bits(torch.bincount(train_codes.flatten(), minlength=k))
+            # a two-level image costs the top grid's bits plus the bottom's given the top
+            per_level = [(pipe.prior, codes.level("top" if two else "single"))]
+            per_level += [(pipe.bottom, codes.level("bottom"))] if two else []
+            bits = sum(evaluate_prior(p, c, dev, batch_size=opts.batch_size)["bits_per_image"] for p, c in per_level)
+            unigram_image = sum(
+                entropy_bits(torch.bincount(g.flatten(), minlength=k)) * g[0].numel() for g in train_codes
+            )
+            codes_per_image = sum(g[0].numel() for g in test_codes)
             report["likelihood"] = {
                 "split": "test",
                 "n": len(test),
                 "labels": "true" if use_labels and prior_cfg.num_classes > 0 else "none",
-                **nll,
-                "unigram_bits_per_code": unigram,
-                "unigram_bits_per_image": unigram * m * m,
+                "bits_per_code": bits / codes_per_image,
+                "bits_per_image": bits,
+                "unigram_bits_per_code": unigram_image / codes_per_image,
+                "unigram_bits_per_image": unigram_image,
                 "unigram_split": "train",
                 "unigram_n": limit,
+                "levels": len(test_codes),
             }
 
             # ---- samples: N grids, labels cycling over the classes for a class-conditional prior (or as --class says)
@@ -500,7 +523,8 @@ def evaluate_run(
             )
             guidance = resolve_guidance(pipe, opts.guidance, labels is not None)
             bar = progress.add_task("sample", total=1, info=f"{n} grids")
-            grids = sample_codes(pipe, n, labels, sampling)  # (n, m, m)
+            levels = sample_levels(pipe, n, labels, sampling)  # [(n, m_l, m_l)] per level
+            grids = torch.cat([g.flatten(1) for g in levels], dim=1)  # (n, codes per image): one key per image
             progress.update(bar, completed=1)
             samples = {
                 "n": n,
@@ -508,14 +532,16 @@ def evaluate_run(
                 "guidance": 1.0 if guidance is None and labels is not None else guidance,
                 "labels": how if prior_cfg.num_classes > 0 else "none (unconditional prior)",
                 "distinct_fraction": distinct_fraction(grids),
-                "train_copy_fraction": copy_fraction(grids, set(grid_keys(train_codes))),
+                "train_copy_fraction": copy_fraction(
+                    grids, set(grid_keys(torch.cat([g.flatten(1) for g in train_codes], dim=1)))
+                ),
                 "train_split": "train",
                 "train_grids": limit,
             }
             if labelled:
                 # ---- sample quality through the classifier's eyes
                 clf, reference = _classifier_reference(report, dataset, dc, dev, opts, progress, recons, n_test)
-                images = decode_codes(pipe, grids, opts.batch_size)  # (n, C, n, n) uint8
+                images = decode_codes(pipe, levels, opts.batch_size)  # (n, C, n, n) uint8
                 sample_feats, sample_preds = classifier_outputs(clf, images, dev, opts.batch_size)
                 samples |= {
                     "split": "test",

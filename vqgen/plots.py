@@ -158,7 +158,7 @@ def _plot_codebook(run: Path, n: int, device: str, data_root: str | None) -> lis
         dc.data_root = data_root
     test = dc.load().test
     images = test.images[:n]
-    codes = encode_split(model, Split(images, None), dev)  # (n, m, m)
+    codes = encode_split(model, Split(images, None), dev)[-1]  # (n, m, m), the bottom grid of a two-level model
     k = model.cfg.codebook_size
     counts = torch.bincount(codes.flatten(), minlength=k).cpu()  # (K,)
     used = int((counts > 0).sum())

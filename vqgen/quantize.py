@@ -35,6 +35,7 @@ class QuantizerOutput:
     indices: torch.Tensor  # (B, H, W) int64
     loss: torch.Tensor  # scalar auxiliary loss (codebook + commitment), 0 where there is none
     counts: torch.Tensor  # (K,) how often each code was chosen in this batch (this rank's share)
+    top: QuantizerOutput | None = None  # a two-level autoencoder's top grid; the fields above are its bottom's
 
 
 def nearest_code(z_flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

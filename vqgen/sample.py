@@ -1,11 +1,15 @@
-"""Generation: prior → codebook lookup → decoder, and completion of the lower part of given images."""
+"""Generation: prior → codebook lookup → decoder, and completion of the lower part of given images.
+
+A two-level autoencoder needs two priors: the top prior samples the top grid, then the bottom prior samples the
+bottom grid given it, and the decoder reads both. Every function here takes and returns the grids of each level,
+top first: [(N, m, m)] for one level, [(N, m/2, m/2), (N, m, m)] for two."""
 
 from __future__ import annotations
 
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -48,6 +52,9 @@ class Pipeline:
     ae_dir: Path
     class_names: list[str] | None = field(default=None)
     precision: str = "fp32"  # autocast for the autoencoder (resolved, never auto); the prior samples in fp32
+    bottom: torch.nn.Module | None = None  # a two-level autoencoder's bottom prior (`prior` is then its top's)
+    bottom_config: dict | None = None
+    bottom_run: Path | None = None
 
     @property
     def num_classes(self) -> int:
@@ -73,8 +80,12 @@ def load_pipeline(
     ae_run: str | Path | None = None,
     ignore_hash: bool = False,
     precision: str = "auto",
+    bottom_run: str | Path | None = None,
 ) -> Pipeline:
-    """The prior of a run folder and the autoencoder whose codes it learned (found from the prior's config)."""
+    """The prior of a run folder and the autoencoder whose codes it learned (found from the prior's config).
+
+    For a two-level autoencoder `prior_run` is the top prior and `bottom_run` the bottom one (default: the top's
+    folder name + '-bottom', where `train-prior --level bottom` writes by default)."""
     from vqgen.autoencoder import load_autoencoder
     from vqgen.priors.training import load_prior
     from vqgen.train import resolve_device, resolve_precision
@@ -82,6 +93,12 @@ def load_pipeline(
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev, "autoencoder")
     prior, config = load_prior(prior_run, dev)
+    level = config.get("codes", {}).get("level", "single")
+    if level == "bottom":
+        raise VQGenError(
+            f"'{prior_run}' is the bottom prior of a two-level autoencoder: pass the top prior as --prior and this "
+            "one as --bottom-prior"
+        )
     recorded = config.get("ae", {})
     if ae_run is not None:
         ae_dir = Path(ae_run)
@@ -103,13 +120,46 @@ def load_pipeline(
             f"(SHA-256 {actual[:12]}… ≠ recorded {expected[:12]}…); retrain the prior, or pass --ignore-hash"
         )
     ae, _ = load_autoencoder(ae_dir, dev)
-    if (ae.cfg.codebook_size, ae.cfg.grid_size) != (prior.cfg.codebook_size, prior.cfg.grid_size):
+    top_grid = ae.cfg.grid_sizes[0]
+    if (ae.cfg.codebook_size, top_grid) != (prior.cfg.codebook_size, prior.cfg.grid_size):
         raise VQGenError(
             f"prior '{prior_run}' models {prior.cfg.grid_size}² codes of K={prior.cfg.codebook_size} but "
-            f"autoencoder '{ae_dir}' makes {ae.cfg.grid_size}² codes of K={ae.cfg.codebook_size}"
+            f"autoencoder '{ae_dir}' makes {top_grid}² codes of K={ae.cfg.codebook_size}"
+            + (" at its top level" if ae.cfg.levels == 2 else "")
         )
+    if (level == "top") != (ae.cfg.levels == 2):
+        raise VQGenError(f"prior '{prior_run}' models {level} codes but autoencoder '{ae_dir}' has {ae.cfg.levels}")
     names = config.get("codes", {}).get("class_names")
-    return Pipeline(prior, ae, config, dev, ae_dir, names if prior.cfg.num_classes else None, precision)
+    pipe = Pipeline(prior, ae, config, dev, ae_dir, names if prior.cfg.num_classes else None, precision)
+    if ae.cfg.levels == 2:
+        pipe.bottom_run = Path(bottom_run) if bottom_run is not None else Path(f"{Path(prior_run)}-bottom")
+        pipe.bottom, pipe.bottom_config = _load_bottom(pipe.bottom_run, ae, actual, ignore_hash, dev)
+    elif bottom_run is not None:
+        raise VQGenError(f"--bottom-prior is for two-level autoencoders, and '{ae_dir}' has one level of codes")
+    return pipe
+
+
+def _load_bottom(
+    run: Path, ae: torch.nn.Module, ae_sha256: str, ignore_hash: bool, dev: torch.device
+) -> tuple[torch.nn.Module, dict]:
+    """A two-level autoencoder's bottom prior, checked against it."""
+    from vqgen.priors.training import load_prior
+
+    if not (run / ckpt.WEIGHTS).exists():
+        raise VQGenError(
+            f"a two-level autoencoder needs a bottom prior too, and '{run}' has none: train one with "
+            f"`vqgen train-prior --level bottom --out {run}`, or pass --bottom-prior RUN"
+        )
+    bottom, config = load_prior(run, dev)
+    cfg, sizes = bottom.cfg, ae.cfg.grid_sizes
+    if config.get("codes", {}).get("level") != "bottom" or (cfg.grid_size, cfg.context_grid) != (sizes[1], sizes[0]):
+        raise VQGenError(f"'{run}' is not a bottom prior of {sizes[1]}² codes given {sizes[0]}² top codes")
+    recorded = config.get("ae", {}).get("sha256", "")
+    if recorded and recorded != ae_sha256 and not ignore_hash:
+        raise VQGenError(
+            f"bottom prior '{run}' learned the codes of another autoencoder; retrain it or pass --ignore-hash"
+        )
+    return bottom, config
 
 
 def resolve_classes(
@@ -156,6 +206,28 @@ def resolve_classes(
 
 
 @torch.no_grad()
+def sample_levels(
+    pipe: Pipeline,
+    n: int,
+    labels: torch.Tensor | None,
+    opts: SamplingOptions,
+    prefixes: list[torch.Tensor] | None = None,
+    prefix_lens: list[int] | None = None,
+) -> list[torch.Tensor]:
+    """n images' code grids, one (n, m_l, m_l) per level, top first; the bottom grid is sampled given the top one.
+    `prefixes` and `prefix_lens` (one per level) keep the first raster positions of each level's grids."""
+    prefixes = prefixes or [None] * pipe.ae.cfg.levels
+    prefix_lens = prefix_lens or [0] * pipe.ae.cfg.levels
+    top = sample_codes(pipe, n, labels, opts, prefixes[0], prefix_lens[0])
+    if pipe.bottom is None:
+        return [top]
+    can_guide = pipe.bottom.cfg.num_classes > 0 and pipe.bottom.cfg.class_dropout > 0
+    bottom_opts = replace(opts, seed=opts.seed + 1, guidance=opts.guidance if can_guide else None)
+    bottom = sample_codes(pipe, n, labels, bottom_opts, prefixes[1], prefix_lens[1], level="bottom", context=top)
+    return [top, bottom]
+
+
+@torch.no_grad()
 def sample_codes(
     pipe: Pipeline,
     n: int,
@@ -163,16 +235,20 @@ def sample_codes(
     opts: SamplingOptions,
     prefix: torch.Tensor | None = None,
     prefix_len: int = 0,
+    level: str = "top",
+    context: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """n code grids (n, m, m), in batches, reproducible for a seed. labels None samples the null class."""
-    opts.validate(pipe.prior.cfg.codebook_size)
-    guidance = resolve_guidance(pipe, opts.guidance, labels is not None)
+    """n code grids (n, m, m) of one prior (the top, or only, one; or the bottom one given the top grids
+    `context`), in batches, reproducible for a seed. labels None samples the null class."""
+    prior = pipe.bottom if level == "bottom" else pipe.prior
+    opts.validate(prior.cfg.codebook_size)
+    guidance = resolve_guidance(pipe, opts.guidance, labels is not None, level)
     generator = torch.Generator(pipe.device).manual_seed(opts.seed)
     out = []
     for start in range(0, n, opts.batch_size):
         stop = min(n, start + opts.batch_size)
         out.append(
-            pipe.prior.sample(
+            prior.sample(
                 stop - start,
                 labels=None if labels is None else labels[start:stop].to(pipe.device),
                 temperature=opts.temperature,
@@ -183,18 +259,20 @@ def sample_codes(
                 prefix_len=prefix_len,
                 use_cache=opts.use_cache,
                 guidance=guidance,
+                context=None if context is None else context[start:stop].to(pipe.device),
             ).cpu()
         )
     return torch.cat(out)
 
 
-def resolve_guidance(pipe: Pipeline, asked: float | None, labelled: bool) -> float | None:
+def resolve_guidance(pipe: Pipeline, asked: float | None, labelled: bool, level: str = "top") -> float | None:
     """The guidance scale to sample with (None: none), or a one-line error when this prior cannot be guided.
 
     Scale 1 is plain conditional sampling, so it runs as such (n sequences, not 2n): torch.lerp makes the two
     give the same codes, and tests hold them to it.
     """
-    cfg = pipe.prior.cfg
+    cfg = (pipe.bottom if level == "bottom" else pipe.prior).cfg
+    config = pipe.bottom_config if level == "bottom" else pipe.config
     if asked is not None:
         if cfg.num_classes == 0:
             raise VQGenError(
@@ -208,21 +286,22 @@ def resolve_guidance(pipe: Pipeline, asked: float | None, labelled: bool) -> flo
             )
         if not labelled:
             raise VQGenError("--guidance steers towards a class, and --class null asks for none; drop one of them")
-    scale = asked if asked is not None else pipe.default_guidance
+    scale = asked if asked is not None else config.get("sampling", {}).get("guidance")
     if scale is None or not labelled or cfg.num_classes == 0 or cfg.class_dropout <= 0 or scale == 1:
         return None
     return float(scale)
 
 
 @torch.no_grad()
-def decode_codes(pipe: Pipeline, codes: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Code grids (N, m, m) → uint8 images (N, C, n, n)."""
+def decode_codes(pipe: Pipeline, levels: list[torch.Tensor], batch_size: int = 256) -> torch.Tensor:
+    """The code grids of each level, top first ([(N, m, m)] or [(N, m/2, m/2), (N, m, m)]) → uint8 images
+    (N, C, n, n)."""
     from vqgen.train import autocast
 
     with autocast(pipe.device, pipe.precision):
         parts = [
-            to_uint8(pipe.ae.decode(codes[i : i + batch_size].to(pipe.device))).cpu()
-            for i in range(0, len(codes), batch_size)
+            to_uint8(pipe.ae.decode_levels([g[i : i + batch_size].to(pipe.device) for g in levels])).cpu()
+            for i in range(0, len(levels[0]), batch_size)
         ]
     return torch.cat(parts)
 
@@ -261,10 +340,10 @@ def sample(
         raise VQGenError(f"cannot create output folder '{out}' ({e.strerror}); choose another --out") from e
     _sync(pipe.device)
     t0 = time.perf_counter()
-    codes = sample_codes(pipe, n, labels, opts)
+    levels = sample_levels(pipe, n, labels, opts)
     _sync(pipe.device)
     t1 = time.perf_counter()
-    images = decode_codes(pipe, codes)
+    images = decode_codes(pipe, levels)
     _sync(pipe.device)
     t2 = time.perf_counter()
     digits = max(3, len(str(n - 1)))
@@ -273,14 +352,15 @@ def sample(
     codes_path = None
     if save_codes:
         codes_path = out / "codes.safetensors"
-        tensors = {"codes": codes}
+        tensors = {"codes": levels[-1]} | ({"top": levels[0]} if len(levels) == 2 else {})
         if labels is not None:
             tensors["labels"] = labels
         ckpt.save_tensors(
             codes_path, tensors, {"kind": "vqgen-samples", "codebook_size": str(pipe.prior.cfg.codebook_size)}
         )
     guidance = resolve_guidance(pipe, opts.guidance, labels is not None)
-    return SampleResult(grid, files, t1 - t0, t2 - t1, codes.numel(), codes_path, guidance)
+    num_codes = sum(g.numel() for g in levels)
+    return SampleResult(grid, files, t1 - t0, t2 - t1, num_codes, codes_path, guidance)
 
 
 def complete(
@@ -295,14 +375,17 @@ def complete(
     """Keep the first `keep_rows` rows of each image's codes and sample the rest n times.
 
     Writes one row per image: the original, the kept part (its reconstruction with the lower part greyed),
-    then the n completions.
+    then the n completions. With two levels the rows are the top grid's; the bottom keeps the same part of the
+    image (twice as many of its rows).
     """
     from vqgen.images import load_image
 
     cfg = pipe.ae.cfg
-    m = cfg.grid_size
+    sizes = cfg.grid_sizes
+    m = sizes[0]
     if not 1 <= keep_rows < m:
-        raise VQGenError(f"--keep-rows must be between 1 and {m - 1} (the code grid has {m} rows), not {keep_rows}")
+        which = "top code grid" if len(sizes) == 2 else "code grid"
+        raise VQGenError(f"--keep-rows must be between 1 and {m - 1} (the {which} has {m} rows), not {keep_rows}")
     if n < 1:
         raise VQGenError(f"--n must be at least 1, not {n}")
     if not image_paths:
@@ -312,12 +395,13 @@ def complete(
     from vqgen.train import autocast
 
     with autocast(pipe.device, pipe.precision):  # the quantizer's distances stay in fp32 regardless
-        codes = pipe.ae.encode(to_float(originals).to(pipe.device)).cpu()  # (I, m, m)
+        codes = [g.cpu() for g in pipe.ae.encode_levels(to_float(originals).to(pipe.device))]  # (I, m_l, m_l) each
     labels, _ = resolve_classes(pipe, [label] if label is not None else [], len(image_paths) * n, opts.seed)
-    prefix = codes.repeat_interleave(n, dim=0)  # (I·n, m, m)
-    completed = sample_codes(pipe, len(prefix), labels, opts, prefix=prefix, prefix_len=keep_rows * m)
+    prefixes = [g.repeat_interleave(n, dim=0) for g in codes]  # (I·n, m_l, m_l) each
+    prefix_lens = [keep_rows * (side // m) * side for side in sizes]  # the same upper part of the image
+    completed = sample_levels(pipe, len(prefixes[0]), labels, opts, prefixes, prefix_lens)
     kept = decode_codes(pipe, codes)
-    kept[:, :, keep_rows * cfg.downsample :, :] = 128
+    kept[:, :, keep_rows * cfg.image_size // m :, :] = 128
     samples = decode_codes(pipe, completed).view(len(image_paths), n, *originals.shape[1:])
     rows = [torch.cat([originals[i : i + 1], kept[i : i + 1], samples[i]]) for i in range(len(image_paths))]
     return save_grid(torch.cat(rows), Path(out) / "completions.png", nrow=n + 2, scale=2)

@@ -45,6 +45,7 @@ class AEConfig:
     fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8])
     lookup_dim: int = 0  # d: nearest-neighbour lookup in a learned d-dimensional projection (0: in the full D)
     cosine: bool = False  # l2-normalise codes and encoder vectors before the lookup
+    levels: int = 1  # 2: also a top grid at half the resolution, which the bottom is quantized and decoded with
 
     def __post_init__(self) -> None:
         for name, upper in _SIZE_BOUNDS.items():
@@ -54,6 +55,8 @@ class AEConfig:
                 raise ValueError(f"{name} must be an integer in [{lower}, {upper}], not {value!r}")
         if self.downsample not in (2, 4, 8, 16):
             raise ValueError(f"downsample must be 2, 4, 8 or 16, not {self.downsample}")
+        if self.levels not in (1, 2):
+            raise ValueError(f"--levels must be 1 or 2, not {self.levels}")
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}, not {self.quantizer!r}")
         if not 0 <= self.restart_below < 1:
@@ -69,7 +72,13 @@ class AEConfig:
 
     @property
     def grid_size(self) -> int:
+        """m: the side of the code grid (the bottom grid of a two-level model)."""
         return self.image_size // self.downsample
+
+    @property
+    def grid_sizes(self) -> list[int]:
+        """The side of each level's grid, top first: [m] or [m/2, m]."""
+        return [self.grid_size // 2, self.grid_size] if self.levels == 2 else [self.grid_size]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,12 +132,13 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """(B, embed_dim, m, m) → (B, C, m·downsample, m·downsample), the mirror of the encoder."""
+    """(B, levels·embed_dim, m, m) → (B, C, m·downsample, m·downsample), the mirror of the encoder."""
 
     def __init__(self, cfg: AEConfig):
         super().__init__()
         widths = stage_widths(cfg)[::-1]  # innermost first: hidden, then the outer widths
-        layers: list[nn.Module] = [nn.Conv2d(cfg.embed_dim, cfg.hidden, 3, padding=1)]
+        # a two-level model decodes its bottom vectors beside the top's, upsampled to the bottom grid
+        layers: list[nn.Module] = [nn.Conv2d(cfg.embed_dim * cfg.levels, cfg.hidden, 3, padding=1)]
         layers += [ResBlock(cfg.hidden, cfg.res_hidden) for _ in range(cfg.res_blocks)]
         layers += [nn.ReLU()]
         outs = widths[1:] + [cfg.channels]
@@ -146,43 +156,97 @@ class Decoder(nn.Module):
         return self.net[-1].weight
 
 
+def _quantizer(cfg: AEConfig) -> nn.Module:
+    return build_quantizer(
+        cfg.quantizer,
+        cfg.codebook_size,
+        cfg.embed_dim,
+        beta=cfg.beta,
+        commitment=cfg.commitment,
+        decay=cfg.decay,
+        grad=cfg.grad,
+        restart_dead=cfg.restart_dead,
+        restart_below=cfg.restart_below,
+        kmeans_init=cfg.kmeans_init,
+        fsq_levels=cfg.fsq_levels,
+        lookup_dim=cfg.lookup_dim,
+        cosine=cfg.cosine,
+    )
+
+
+class TopLevel(nn.Module):
+    """The top level of a two-level VQ-VAE (VQ-VAE-2, Razavi et al. 2019, arXiv 1906.00446).
+
+    It encodes the bottom encoder's output once more at half the resolution and quantizes that with its own codebook
+    (of the same K); its vectors, upsampled to the bottom grid, are the context the bottom is quantized with and
+    decoded beside. The top grid so carries the global layout, the bottom what the top leaves out."""
+
+    def __init__(self, cfg: AEConfig):
+        super().__init__()
+        d = cfg.embed_dim
+        layers: list[nn.Module] = [nn.Conv2d(d, cfg.hidden, 4, stride=2, padding=1)]
+        layers += [ResBlock(cfg.hidden, cfg.res_hidden) for _ in range(cfg.res_blocks)]
+        layers += [nn.ReLU(), nn.Conv2d(cfg.hidden, d, 1)]
+        self.encoder = nn.Sequential(*layers)  # (B, D, m, m) → (B, D, m/2, m/2)
+        self.quantizer = _quantizer(cfg)
+        self.upsample = nn.ConvTranspose2d(d, d, 4, stride=2, padding=1)  # (B, D, m/2, m/2) → (B, D, m, m)
+        self.mix = nn.Conv2d(2 * d, d, 1)  # [bottom encoding, top context] → what the bottom quantizer sees
+
+
 class VQVAE(nn.Module):
     def __init__(self, cfg: AEConfig):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
-        self.quantizer = build_quantizer(
-            cfg.quantizer,
-            cfg.codebook_size,
-            cfg.embed_dim,
-            beta=cfg.beta,
-            commitment=cfg.commitment,
-            decay=cfg.decay,
-            grad=cfg.grad,
-            restart_dead=cfg.restart_dead,
-            restart_below=cfg.restart_below,
-            kmeans_init=cfg.kmeans_init,
-            fsq_levels=cfg.fsq_levels,
-            lookup_dim=cfg.lookup_dim,
-            cosine=cfg.cosine,
-        )
+        self.quantizer = _quantizer(cfg)  # the bottom level's, in a two-level model
+        self.top = TopLevel(cfg) if cfg.levels == 2 else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
-        """x (B, C, n, n) in [-1, 1] → reconstruction (B, C, n, n) and the quantizer's output."""
+        """x (B, C, n, n) in [-1, 1] → reconstruction (B, C, n, n) and the quantizer's output (with .top for a
+        two-level model, whose auxiliary loss it includes)."""
         z = self.encoder(x)  # (B, D, m, m)
-        vq = self.quantizer(z)
-        return self.decoder(vq.quantized), vq
+        if self.top is None:
+            vq = self.quantizer(z)
+            return self.decoder(vq.quantized), vq
+        top = self.top.quantizer(self.top.encoder(z))  # (B, D, m/2, m/2)
+        context = self.top.upsample(top.quantized)  # (B, D, m, m)
+        bottom = self.quantizer(self.top.mix(torch.cat([z, context], dim=1)))
+        recon = self.decoder(torch.cat([bottom.quantized, context], dim=1))
+        return recon, QuantizerOutput(bottom.quantized, bottom.indices, bottom.loss + top.loss, bottom.counts, top)
 
     @torch.no_grad()
+    def encode_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x (B, C, n, n) → the code grid of each level, top first: [(B, m, m)] or [(B, m/2, m/2), (B, m, m)]."""
+        z = self.encoder(x)  # (B, D, m, m)
+        if self.top is None:
+            return [self.quantizer(z).indices]
+        top = self.top.quantizer(self.top.encoder(z))
+        bottom = self.quantizer(self.top.mix(torch.cat([z, self.top.upsample(top.quantized)], dim=1)))
+        return [top.indices, bottom.indices]
+
+    @torch.no_grad()
+    def decode_levels(self, grids: list[torch.Tensor]) -> torch.Tensor:
+        """The code grid of each level, top first → images (B, C, n, n) in [-1, 1] (unclamped)."""
+        if len(grids) != self.cfg.levels:
+            raise ValueError(f"this autoencoder has {self.cfg.levels} level(s) of codes, not {len(grids)}")
+        if self.top is None:
+            return self.decoder(self.quantizer.lookup(grids[0]))
+        context = self.top.upsample(self.top.quantizer.lookup(grids[0]))  # (B, D, m, m)
+        return self.decoder(torch.cat([self.quantizer.lookup(grids[1]), context], dim=1))
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, C, n, n) → code grid (B, m, m)."""
-        return self.quantizer(self.encoder(x)).indices
+        """x (B, C, n, n) → code grid (B, m, m) of a one-level model."""
+        return self._only(self.encode_levels(x))
 
-    @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """code grid (B, m, m) → images (B, C, n, n) in [-1, 1] (unclamped)."""
-        return self.decoder(self.quantizer.lookup(indices))
+        """code grid (B, m, m) of a one-level model → images (B, C, n, n) in [-1, 1] (unclamped)."""
+        return self.decode_levels([indices])
+
+    def _only(self, grids: list[torch.Tensor]) -> torch.Tensor:
+        if len(grids) != 1:
+            raise ValueError("a two-level autoencoder has two code grids: use encode_levels / decode_levels")
+        return grids[0]
 
 
 def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,10 @@ integer in [0, K) and y is an optional class label. Two architectures share the 
 
 Class-conditional models reserve label ``num_classes`` as the "null" class; labels=None means null, and
 class dropout during training teaches a single model to sample both with and without a label.
+
+The bottom prior of a two-level autoencoder models p(c_bottom | c_top [, y]): it takes the whole top grid as
+`context` (``context_grid`` > 0), the Transformer as a prefix of tokens, the PixelCNN as a conditioning stack. The
+context is given, so every bottom code may see all of it; the bottom codes stay causal among themselves.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class PriorConfig:
     grid_size: int = 7  # m: the prior models an m×m grid
     num_classes: int = 0  # 0 = unconditional; else labels 0..num_classes-1, and num_classes = null
     class_dropout: float = 0.1  # training-time probability of replacing the label by the null class
+    context_grid: int = 0  # m_c > 0: conditioned on an m_c×m_c grid of codes in [0, K) (a two-level top grid)
     # transformer
     n_layer: int = 4
     n_head: int = 4
@@ -62,6 +67,8 @@ class PriorConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or not lower <= value <= upper:
                 raise ValueError(f"{name} must be an integer in [{lower}, {upper}], not {value!r}")
+        if not isinstance(self.context_grid, int) or not 0 <= self.context_grid <= self.grid_size:
+            raise ValueError(f"context_grid must be an integer in [0, grid_size], not {self.context_grid!r}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, not {self.num_classes}")
         if not 0.0 <= self.class_dropout <= 1.0:
@@ -151,16 +158,33 @@ class Prior(nn.Module):
         super().__init__()
         self.cfg = cfg
 
-    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """codes (B, m, m) int64, labels (B,) or None → logits (B, m*m, K) in raster order.
+    def forward(
+        self, codes: torch.Tensor, labels: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """codes (B, m, m) int64, labels (B,) or None, context (B, m_c, m_c) where the prior has one → logits
+        (B, m*m, K) in raster order.
 
-        logits[:, i] depends only on the codes at raster positions < i (and on the label).
+        logits[:, i] depends only on the codes at raster positions < i (and on the label and the context).
         """
         raise NotImplementedError
 
-    def loss(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self, codes: torch.Tensor, labels: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Mean cross-entropy (nats per code) over all B·m·m codes."""
-        return code_cross_entropy(self(codes, self.training_labels(labels, codes)), codes)
+        return code_cross_entropy(self(codes, self.training_labels(labels, codes), context), codes)
+
+    def check_context(self, context: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """The context as this prior needs it: (B, m_c, m_c) int64 when it has one, else None; or a ValueError."""
+        mc = self.cfg.context_grid
+        if mc == 0:
+            if context is not None:
+                raise ValueError("this prior takes no context grid")
+            return None
+        if context is None or context.shape != (batch, mc, mc):
+            got = None if context is None else tuple(context.shape)
+            raise ValueError(f"this prior is conditioned on a ({batch}, {mc}, {mc}) grid of codes, not {got}")
+        return context.long()
 
     def training_labels(self, labels: torch.Tensor | None, codes: torch.Tensor) -> torch.Tensor:
         """(B,) labels for a forward pass; in training, class dropout swaps some for the null class."""
@@ -206,8 +230,9 @@ class Prior(nn.Module):
         prefix_len: int = 0,
         use_cache: bool = True,
         guidance: float | None = None,
+        context: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Sample n grids → (n, m, m) int64 codes.
+        """Sample n grids → (n, m, m) int64 codes (given the context grids (n, m_c, m_c) of a prior that has one).
 
         The first prefix_len raster positions of `prefix` (n, m, m) are kept and the rest sampled, which is
         how image completion works. labels=None samples unconditionally (the null class).
@@ -229,6 +254,9 @@ class Prior(nn.Module):
             if kept.min() < 0 or kept.max() >= self.cfg.codebook_size:
                 raise ValueError(f"prefix codes must be in [0, {self.cfg.codebook_size})")
             codes[:, :prefix_len] = kept
+        context = self.check_context(None if context is None else context.to(device), n)
+        if context is not None and (context.min() < 0 or context.max() >= self.cfg.codebook_size):
+            raise ValueError(f"context codes must be in [0, {self.cfg.codebook_size})")
         labels = self.resolve_labels(labels, n, device)
         if labels.shape != (n,) or labels.min() < 0 or labels.max() > self.cfg.num_classes:
             raise ValueError(f"labels must have shape ({n},) and values in [0, {self.cfg.num_classes}]")
@@ -242,6 +270,7 @@ class Prior(nn.Module):
                 raise ValueError(f"guidance must be >= 0, not {guidance}")
             # (2n, T): conditional rows first, then the same grids under the null class
             codes = codes.repeat(2, 1)
+            context = None if context is None else context.repeat(2, 1, 1)
             labels = torch.cat([labels, torch.full_like(labels, self.cfg.null_class)])
             draw = functools.partial(_draw_guided, draw=draw, scale=guidance)
         was_training = self.training
@@ -249,7 +278,7 @@ class Prior(nn.Module):
         try:
             # fp32 regardless of any surrounding autocast: low-precision logits distort the tails
             with torch.autocast(device_type=device.type, enabled=False):
-                self._generate(codes, labels, prefix_len, draw, use_cache)
+                self._generate(codes, labels, prefix_len, draw, use_cache, context)
         finally:
             self.train(was_training)
         return codes[:n].reshape(n, m, m)
@@ -261,11 +290,12 @@ class Prior(nn.Module):
         start: int,
         draw: Callable[[torch.Tensor], torch.Tensor],
         use_cache: bool,
+        context: torch.Tensor | None = None,
     ) -> None:
         """Fill codes (n, T) in place from raster position `start` on. Default: a full forward per code."""
         n, m = codes.size(0), self.cfg.grid_size
         for i in range(start, self.cfg.seq_len):
-            logits = self(codes.view(n, m, m), labels)  # (n, T, K)
+            logits = self(codes.view(n, m, m), labels, context)  # (n, T, K)
             codes[:, i] = draw(logits[:, i])
 
 

@@ -40,7 +40,7 @@ def gate(x: torch.Tensor) -> torch.Tensor:
 
 
 class GatedLayer(nn.Module):
-    def __init__(self, channels: int, kernel: int, num_labels: int, first: bool):
+    def __init__(self, channels: int, kernel: int, num_labels: int, first: bool, conditioned: bool = False):
         super().__init__()
         self.first = first  # mask type A: the horizontal stack must not see the current code
         self.half = kernel // 2
@@ -51,9 +51,14 @@ class GatedLayer(nn.Module):
         # Class conditioning: a per-label bias inside each gated unit (the paper's V^T h with one-hot h).
         self.v_label = nn.Embedding(num_labels, 2 * channels) if num_labels > 0 else None
         self.h_label = nn.Embedding(num_labels, 2 * channels) if num_labels > 0 else None
+        # Spatial conditioning (the paper's V^T s(h) with s a conditioning stack): a per-position bias from the map.
+        self.v_context = nn.Conv2d(channels, 2 * channels, 1) if conditioned else None
+        self.h_context = nn.Conv2d(channels, 2 * channels, 1) if conditioned else None
 
-    def forward(self, v: torch.Tensor, h: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # v, h: (B, C, H, W); labels: (B,)
+    def forward(
+        self, v: torch.Tensor, h: torch.Tensor, labels: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # v, h: (B, C, H, W); labels: (B,); context: (B, C, H, W), the conditioning stack's map, or None
         v_pre = self.v_conv(F.pad(v, (self.half, self.half, self.half, 0)))  # (B, 2C, H, W), rows ≤ r
         h_in = shift_right(h) if self.first else h
         h_pre = self.h_conv(F.pad(h_in, (self.half, 0, 0, 0)))  # (B, 2C, H, W)
@@ -61,6 +66,9 @@ class GatedLayer(nn.Module):
         if self.v_label is not None:
             v_pre = v_pre + self.v_label(labels)[:, :, None, None]
             h_pre = h_pre + self.h_label(labels)[:, :, None, None]
+        if self.v_context is not None:
+            v_pre = v_pre + self.v_context(context)
+            h_pre = h_pre + self.h_context(context)
         v_out = gate(v_pre)  # (B, C, H, W)
         h_out = self.h_out(gate(h_pre))  # (B, C, H, W)
         # No residual in the first layer: h there is the embedding of the current code itself.
@@ -75,9 +83,16 @@ class PixelCNNPrior(Prior):
         channels = cfg.pcnn_channels
         num_labels = cfg.num_classes + 1 if cfg.num_classes > 0 else 0
         self.embed = nn.Embedding(cfg.codebook_size, channels)
+        conditioned = cfg.context_grid > 0
         self.layers = nn.ModuleList(
-            GatedLayer(channels, cfg.pcnn_kernel, num_labels, first=(i == 0)) for i in range(cfg.pcnn_layers)
+            GatedLayer(channels, cfg.pcnn_kernel, num_labels, first=(i == 0), conditioned=conditioned)
+            for i in range(cfg.pcnn_layers)
         )
+        if conditioned:  # the conditioning stack: top codes → a map on the bottom grid
+            self.context_embed = nn.Embedding(cfg.codebook_size, channels)
+            self.context_net = nn.Sequential(
+                nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1)
+            )
         self.head = nn.Sequential(
             nn.ReLU(),
             nn.Conv2d(channels, channels, 1),
@@ -85,14 +100,30 @@ class PixelCNNPrior(Prior):
             nn.Conv2d(channels, cfg.codebook_size, 1),
         )
 
-    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        # Accepts any (B, H, W) grid, so sampling can crop to the rows that are already known.
+    def forward(
+        self, codes: torch.Tensor, labels: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         batch = codes.size(0)
         labels = self.resolve_labels(labels, batch, codes.device)
+        context_map = self.context_map(self.check_context(context, batch))
+        return self._logits(codes, labels, context_map)
+
+    def context_map(self, context: torch.Tensor | None) -> torch.Tensor | None:
+        """Context grids (B, m_c, m_c) → the conditioning stack's map (B, C, m, m), or None without a context."""
+        if context is None:
+            return None
+        m = self.cfg.grid_size
+        x = self.context_embed(context).permute(0, 3, 1, 2)  # (B, C, m_c, m_c)
+        return self.context_net(F.interpolate(x, size=(m, m), mode="nearest"))  # (B, C, m, m)
+
+    def _logits(self, codes: torch.Tensor, labels: torch.Tensor, context_map: torch.Tensor | None) -> torch.Tensor:
+        # Accepts any (B, H, W) grid with H ≤ m, so sampling can crop to the rows that are already known.
+        rows = codes.size(1)
+        context_map = None if context_map is None else context_map[:, :, :rows]  # (B, C, H, W)
         x = self.embed(codes).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
         v, h = x, x
         for layer in self.layers:
-            v, h = layer(v, h, labels)
+            v, h = layer(v, h, labels, context_map)
         logits = self.head(h)  # (B, K, H, W)
         return logits.flatten(2).transpose(1, 2)  # (B, H*W, K), raster order
 
@@ -103,12 +134,14 @@ class PixelCNNPrior(Prior):
         start: int,
         draw: Callable[[torch.Tensor], torch.Tensor],
         use_cache: bool,
+        context: torch.Tensor | None = None,
     ) -> None:
         # No cache for a convolutional net; instead run only rows ≤ the current one, which gives the same
-        # logits because nothing looks downward.
+        # logits because nothing looks downward. The context's map is computed once.
         n, m = codes.size(0), self.cfg.grid_size
         grid = codes.view(n, m, m)  # shares storage with codes
+        context_map = self.context_map(context)
         for i in range(start, self.cfg.seq_len):
             row = i // m
-            logits = self(grid[:, : row + 1], labels)  # (n, (row+1)*m, K)
+            logits = self._logits(grid[:, : row + 1], labels, context_map)  # (n, (row+1)*m, K)
             codes[:, i] = draw(logits[:, i])

@@ -28,6 +28,7 @@ from vqgen.train import (
 )
 
 KIND = "prior"
+LEVELS = ("single", "top", "bottom")  # the one grid of a one-level autoencoder, or either of a two-level one's
 DEFAULT_CODES = "runs/codes.safetensors"
 LN2 = math.log(2)
 
@@ -36,8 +37,10 @@ class PriorTask(Task):
     kind = "train-prior"
     unit = "code"
 
-    def __init__(self, model: Prior, codes: CodesFile, device: torch.device, ae_run: str | None = None):
-        self.model, self.codes, self.device = model, codes, device
+    def __init__(
+        self, model: Prior, codes: CodesFile, device: torch.device, ae_run: str | None = None, level: str = "single"
+    ):
+        self.model, self.codes, self.device, self.level = model, codes, device, level
         self.examples_per_row = codes.grid_size**2
         self.ae_run = ae_run
         self.conditional = model.cfg.num_classes > 0
@@ -49,7 +52,8 @@ class PriorTask(Task):
     def step(self, model: nn.Module, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         codes = self.codes.train_codes[rows].to(self.device)  # (B, m, m)
         labels = self.codes.train_labels[rows].to(self.device) if self.conditional else None
-        loss = _loss(model, codes, labels)
+        context = self.codes.train_top[rows].to(self.device) if self.model.cfg.context_grid else None  # (B, m/2, m/2)
+        loss = _loss(model, codes, labels, context)
         return loss, {"nll": loss.detach()}
 
     def window_metrics(self, sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
@@ -65,7 +69,7 @@ class PriorTask(Task):
         return evaluate_prior(self.model, self.codes, self.device, limit)
 
     def preview(self, model: nn.Module, run_dir: Path, step: int) -> None:
-        if self.ae_run is None:
+        if self.ae_run is None or self.level == "top":  # a top grid alone decodes to nothing
             return
         from vqgen.autoencoder import load_autoencoder
         from vqgen.data import to_uint8
@@ -75,17 +79,23 @@ class PriorTask(Task):
         n = 8 * max(1, min(self.model.cfg.num_classes, 8)) if self.conditional else 32
         labels = torch.arange(n, device=self.device) // 8 if self.conditional else None
         generator = torch.Generator(self.device).manual_seed(0)
-        codes = self.model.sample(n, labels=labels, generator=generator)
-        save_grid(to_uint8(ae.decode(codes)).cpu(), run_dir / "samples.png", nrow=8, scale=2)
+        if self.model.cfg.context_grid:  # a bottom prior: its samples on the top grids of held-out images
+            top = self.codes.test_top[torch.arange(n) % len(self.codes.test_top)].to(self.device)
+            grids = [top, self.model.sample(n, labels=labels, generator=generator, context=top)]
+        else:
+            grids = [self.model.sample(n, labels=labels, generator=generator)]
+        save_grid(to_uint8(ae.decode_levels(grids)).cpu(), run_dir / "samples.png", nrow=8, scale=2)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         return self.model.param_groups(weight_decay)
 
 
-def _loss(model: nn.Module, codes: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+def _loss(
+    model: nn.Module, codes: torch.Tensor, labels: torch.Tensor | None, context: torch.Tensor | None = None
+) -> torch.Tensor:
     # Under DDP only the wrapper's forward synchronises gradients, so call it rather than `Prior.loss`.
     inner = model.module if hasattr(model, "module") else model
-    return code_cross_entropy(model(codes, inner.training_labels(labels, codes)), codes)
+    return code_cross_entropy(model(codes, inner.training_labels(labels, codes), context), codes)
 
 
 @torch.no_grad()
@@ -97,11 +107,13 @@ def evaluate_prior(
     model.eval()
     test = codes.test_codes[:limit]
     labels = codes.test_labels[:limit] if (codes.test_labels is not None and model.cfg.num_classes > 0) else None
+    context = codes.test_top[:limit] if model.cfg.context_grid else None
     total, count = 0.0, 0
     for start, stop in iterate_batches(len(test), batch_size):
         batch = test[start:stop].to(device)
         lab = labels[start:stop].to(device) if labels is not None else None
-        total += float(model.loss(batch, lab)) * (stop - start)
+        ctx = context[start:stop].to(device) if context is not None else None
+        total += float(model.loss(batch, lab, ctx)) * (stop - start)
         count += stop - start
     model.train(was_training)
     bits = total / max(count, 1) / LN2
@@ -121,11 +133,13 @@ def train_prior(
     layers: int | None = None,
     width: int | None = None,
     heads: int | None = None,
+    level: str | None = None,
 ) -> tuple[dict[str, float], Path]:
     """Fit a prior to the train codes of `codes_path` in run folder `out` (under torchrun: rank 0 writes).
 
     Unset training settings (steps, lr, batch size) and model size (`layers`, `width`, `heads`) take the defaults
-    of the codes' data set (vqgen.presets).
+    of the codes' data set (vqgen.presets). Codes of a two-level autoencoder need `level` 'top' (a prior over the
+    top grids) or 'bottom' (over the bottom grids, conditioned on the top ones).
     """
     run_dir = Path(out)
     if resume:
@@ -134,9 +148,19 @@ def train_prior(
         prior = PriorConfig.from_dict(saved["model"])
         codes_path = codes_path or saved["codes"]["path"]
         train = resumed_config(saved["train"], train)
+        level = saved["codes"].get("level", "single")
     else:
         codes_path = codes_path or DEFAULT_CODES
-    codes = load_codes(codes_path)
+    if level not in (None, *LEVELS):
+        raise VQGenError(f"--level must be one of {', '.join(LEVELS)}, not '{level}'")
+    all_levels = load_codes(codes_path)
+    level = level or ("single" if all_levels.levels == 1 else None)
+    if level is None:
+        raise VQGenError(
+            f"'{codes_path}' holds the two levels of codes of a two-level autoencoder: train a prior for each, "
+            "with --level top and then --level bottom"
+        )
+    codes = all_levels.level(level)
     if not resume:
         preset = preset_for(codes.dataset)
         train = with_stage_defaults(
@@ -152,6 +176,7 @@ def train_prior(
     if not resume:
         conditional = has_labels if class_conditional is None else class_conditional
         prior.codebook_size, prior.grid_size = codes.codebook_size, codes.grid_size
+        prior.context_grid = codes.grid_size // 2 if level == "bottom" else 0
         prior.num_classes = codes.num_classes if conditional else 0
     else:
         check_codes_match(saved, codes, codes_path, run_dir)
@@ -177,12 +202,13 @@ def train_prior(
                     "dataset": codes.dataset,
                     "class_names": codes.class_names,
                     "class_counts": class_counts,  # the label frequencies that `sample --class none` draws from
+                    "level": level,  # which grid of the autoencoder's codes this prior models
                 },
                 "ae": {"run": codes.ae_run, "relative": _relative(codes.ae_run, run_dir), "sha256": codes.ae_sha256},
                 "parameters": sum(p.numel() for p in model.parameters()),
             },
         )
-    task = PriorTask(model, codes, device, ae_run)
+    task = PriorTask(model, codes, device, ae_run, level)
     results = fit(task, train, run_dir, resume=resume, console=console)
     return results, run_dir
 

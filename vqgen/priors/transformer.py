@@ -85,7 +85,10 @@ class TransformerPrior(Prior):
         # The start token doubles as the class embedding; unconditional models have one entry (null = 0).
         self.start_emb = nn.Embedding(cfg.num_classes + 1, cfg.n_embd)
         self.tok_emb = nn.Embedding(cfg.codebook_size, cfg.n_embd)
-        self.pos_emb = nn.Embedding(cfg.seq_len, cfg.n_embd)
+        self.context_len = cfg.context_grid**2
+        # a bottom prior reads the top grid first, with its own code embedding (the top codebook is another one)
+        self.context_emb = nn.Embedding(cfg.codebook_size, cfg.n_embd) if self.context_len else None
+        self.pos_emb = nn.Embedding(self.context_len + cfg.seq_len, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
@@ -107,10 +110,16 @@ class TransformerPrior(Prior):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def _embed_inputs(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """tokens (B, L), labels (B,) → input embeddings [start, tokens] (B, L+1, C)."""
+    def _embed_inputs(
+        self, tokens: torch.Tensor, labels: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """tokens (B, L), labels (B,), context (B, m_c, m_c) or None → input embeddings [context, start, tokens]
+        (B, T_c+L+1, C)."""
         start = self.start_emb(labels)[:, None, :]  # (B, 1, C)
-        return torch.cat([start, self.tok_emb(tokens)], dim=1)
+        parts = [start, self.tok_emb(tokens)]
+        if self.context_emb is not None:
+            parts.insert(0, self.context_emb(context.flatten(1)))  # (B, T_c, C)
+        return torch.cat(parts, dim=1)
 
     def _decode(self, x: torch.Tensor, past: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
         """Input embeddings x (B, T, C) that follow the P cached positions → logits (B, T, K), new cache."""
@@ -123,13 +132,16 @@ class TransformerPrior(Prior):
             presents.append(kv)
         return self.head(self.ln_f(x)), presents  # (B, T, K)
 
-    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, codes: torch.Tensor, labels: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         batch = codes.size(0)
         labels = self.resolve_labels(labels, batch, codes.device)
+        context = self.check_context(context, batch)
         tokens = codes.reshape(batch, -1)  # (B, T)
         # The last code is never an input: nothing comes after it.
-        logits, _ = self._decode(self._embed_inputs(tokens[:, :-1], labels))
-        return logits  # (B, T, K)
+        logits, _ = self._decode(self._embed_inputs(tokens[:, :-1], labels, context))  # (B, T_c+T, K)
+        return logits[:, self.context_len :]  # (B, T, K): the outputs at the context predict nothing
 
     def _generate(
         self,
@@ -138,15 +150,16 @@ class TransformerPrior(Prior):
         start: int,
         draw: Callable[[torch.Tensor], torch.Tensor],
         use_cache: bool,
+        context: torch.Tensor | None = None,
     ) -> None:
         if not use_cache:
-            super()._generate(codes, labels, start, draw, use_cache)
+            super()._generate(codes, labels, start, draw, use_cache, context)
             return
         seq_len = self.cfg.seq_len
         if start >= seq_len:
             return
-        # One pass over [start token, prefix] fills the cache and predicts the first free position.
-        logits, past = self._decode(self._embed_inputs(codes[:, :start], labels))  # (n, start+1, K)
+        # One pass over [context, start token, prefix] fills the cache and predicts the first free position.
+        logits, past = self._decode(self._embed_inputs(codes[:, :start], labels, context))  # (n, T_c+start+1, K)
         for i in range(start, seq_len):
             codes[:, i] = draw(logits[:, -1])
             if i + 1 < seq_len:

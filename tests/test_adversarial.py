@@ -73,7 +73,9 @@ def test_generator_pass_leaves_the_discriminator_alone_and_its_step_is_the_hinge
     real = torch.rand(4, 1, 16, 16) * 2 - 1
     last = torch.nn.Parameter(torch.randn(1, 1, 3, 3))
     for feature_weight in (0.0, 0.3):
-        adversary = Adversary(1, weight=0.5, start=0, lr=1e-3, device=torch.device("cpu"), feature_weight=feature_weight)
+        adversary = Adversary(
+            1, weight=0.5, start=0, lr=1e-3, device=torch.device("cpu"), feature_weight=feature_weight
+        )
         reference = PatchDiscriminator(1)
         reference.load_state_dict(adversary.discriminator.state_dict())
         recon = torch.nn.functional.conv2d(real, last, padding=1)

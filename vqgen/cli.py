@@ -471,7 +471,9 @@ def encode(
     codes, stats = encode_dataset(ae, out, data, data_root, device, batch_size, console)
     _print_table(
         f"{out}: {stats['train_images']} train + {stats['test_images']} test grids of "
-        f"{codes.grid_size}×{codes.grid_size}, K={codes.codebook_size}",
+        f"{codes.grid_size}×{codes.grid_size}"
+        + (f" (+ {codes.grid_size // 2}×{codes.grid_size // 2} top grids)" if codes.levels == 2 else "")
+        + f", K={codes.codebook_size}",
         {"codes used (train)": stats["codes_used"], "perplexity (train)": stats["perplexity"]}
         | (
             {

@@ -621,6 +621,9 @@ def report_rows(report: dict) -> dict[str, object]:
         rows[f"SSIM ({where})"] = rec["ssim"]
         rows[f"codes used, of K={rec['codebook_size']} ({where})"] = rec["codes_used"]
         rows[f"perplexity ({where})"] = rec["perplexity"]
+        if "perplexity_top" in rec:
+            rows[f"top grid: codes used ({where})"] = rec["codes_used_top"]
+            rows[f"top grid: perplexity ({where})"] = rec["perplexity_top"]
         if "fid_recon_vs_test" in rec:
             held_out = f"test n={rec['n_classified']}"
             rows[f"Fréchet distance: reconstructions vs {held_out}"] = rec["fid_recon_vs_test"]
@@ -630,8 +633,9 @@ def report_rows(report: dict) -> dict[str, object]:
     nll = report.get("likelihood")
     if nll:
         where = f"{nll['split']}, n={nll['n']}"
-        rows[f"bits per code ({where})"] = nll["bits_per_code"]
-        rows[f"bits per image ({where})"] = nll["bits_per_image"]
+        both = ", top + bottom" if nll.get("levels") == 2 else ""
+        rows[f"bits per code ({where}{both})"] = nll["bits_per_code"]
+        rows[f"bits per image ({where}{both})"] = nll["bits_per_image"]
         rows[f"unigram entropy, bits per code ({nll['unigram_split']}, n={nll['unigram_n']})"] = nll[
             "unigram_bits_per_code"
         ]

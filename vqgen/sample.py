@@ -60,11 +60,6 @@ class Pipeline:
     def num_classes(self) -> int:
         return self.prior.cfg.num_classes
 
-    @property
-    def default_guidance(self) -> float | None:
-        """The guidance scale train-prior recorded for this prior (chosen by bench/guidance.py), if any."""
-        return self.config.get("sampling", {}).get("guidance")
-
     def class_frequencies(self) -> torch.Tensor:
         """(classes,) the training labels' frequencies, recorded by train-prior; uniform for an older prior."""
         counts = self.config.get("codes", {}).get("class_counts")
@@ -286,6 +281,7 @@ def resolve_guidance(pipe: Pipeline, asked: float | None, labelled: bool, level:
             )
         if not labelled:
             raise VQGenError("--guidance steers towards a class, and --class null asks for none; drop one of them")
+    # else the scale train-prior recorded for this prior (chosen by bench/guidance.py), if any
     scale = asked if asked is not None else config.get("sampling", {}).get("guidance")
     if scale is None or not labelled or cfg.num_classes == 0 or cfg.class_dropout <= 0 or scale == 1:
         return None

@@ -131,8 +131,10 @@ class Adversary:
         # The autoencoder's backward passes need only the discriminator's input gradients: with its weights frozen
         # for this forward pass they skip the weight gradients, which its own step computes anyway.
         self.discriminator.requires_grad_(False)
-        fake_features, fake_logits = self.discriminator.features(recon)
-        self.discriminator.requires_grad_(True)
+        try:
+            fake_features, fake_logits = self.discriminator.features(recon)
+        finally:
+            self.discriminator.requires_grad_(True)
         adv = generator_loss(fake_logits)
         lam = adaptive_weight(rec_loss, adv, last_layer)
         real_logits = None

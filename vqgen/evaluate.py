@@ -494,9 +494,9 @@ def evaluate_run(
             per_level += [(pipe.bottom, codes.level("bottom"))] if two else []
             bits = sum(evaluate_prior(p, c, dev, batch_size=opts.batch_size)["bits_per_image"] for p, c in per_level)
             unigram_image = sum(
-                entropy_bits(torch.bincount(g.flatten(), minlength=k)) * g[0].numel() for g in train_codes
+                entropy_bits(torch.bincount(g.flatten(), minlength=k)) * g.shape[1] * g.shape[2] for g in train_codes
             )
-            codes_per_image = sum(g[0].numel() for g in test_codes)
+            codes_per_image = sum(g.shape[1] * g.shape[2] for g in test_codes)
             report["likelihood"] = {
                 "split": "test",
                 "n": len(test),

@@ -129,6 +129,11 @@ def load_pipeline(
     if ae.cfg.levels == 2:
         pipe.bottom_run = Path(bottom_run) if bottom_run is not None else Path(f"{Path(prior_run)}-bottom")
         pipe.bottom, pipe.bottom_config = _load_bottom(pipe.bottom_run, ae, actual, ignore_hash, dev)
+        if pipe.bottom.cfg.num_classes not in (0, prior.cfg.num_classes):
+            raise VQGenError(
+                f"the top prior has {prior.cfg.num_classes} classes and the bottom prior '{pipe.bottom_run}' "
+                f"{pipe.bottom.cfg.num_classes}: train both on the same codes file"
+            )
     elif bottom_run is not None:
         raise VQGenError(f"--bottom-prior is for two-level autoencoders, and '{ae_dir}' has one level of codes")
     return pipe
@@ -147,8 +152,15 @@ def _load_bottom(
         )
     bottom, config = load_prior(run, dev)
     cfg, sizes = bottom.cfg, ae.cfg.grid_sizes
-    if config.get("codes", {}).get("level") != "bottom" or (cfg.grid_size, cfg.context_grid) != (sizes[1], sizes[0]):
-        raise VQGenError(f"'{run}' is not a bottom prior of {sizes[1]}² codes given {sizes[0]}² top codes")
+    if config.get("codes", {}).get("level") != "bottom" or (cfg.grid_size, cfg.context_grid, cfg.codebook_size) != (
+        sizes[1],
+        sizes[0],
+        ae.cfg.codebook_size,
+    ):
+        raise VQGenError(
+            f"'{run}' is not a bottom prior of {sizes[1]}² codes of K={ae.cfg.codebook_size} given {sizes[0]}² top "
+            "codes, as this autoencoder makes"
+        )
     recorded = config.get("ae", {}).get("sha256", "")
     if recorded and recorded != ae_sha256 and not ignore_hash:
         raise VQGenError(
@@ -372,7 +384,8 @@ def complete(
 
     Writes one row per image: the original, the kept part (its reconstruction with the lower part greyed),
     then the n completions. With two levels the rows are the top grid's; the bottom keeps the same part of the
-    image (twice as many of its rows).
+    image (twice as many of its rows). The decoder reads the top grid upsampled, so the last kept pixel rows can still
+    change a little with the sampled top row below them.
     """
     from vqgen.images import load_image
 

@@ -80,7 +80,10 @@ class PriorTask(Task):
         labels = torch.arange(n, device=self.device) // 8 if self.conditional else None
         generator = torch.Generator(self.device).manual_seed(0)
         if self.model.cfg.context_grid:  # a bottom prior: its samples on the top grids of held-out images
-            top = self.codes.test_top[torch.arange(n) % len(self.codes.test_top)].to(self.device)
+            rows = torch.arange(n) % len(self.codes.test_top)
+            top = self.codes.test_top[rows].to(self.device)
+            if self.conditional:  # the images' own classes: a label must not contradict its top grid
+                labels = self.codes.test_labels[rows].to(self.device)
             grids = [top, self.model.sample(n, labels=labels, generator=generator, context=top)]
         else:
             grids = [self.model.sample(n, labels=labels, generator=generator)]
@@ -148,6 +151,8 @@ def train_prior(
         prior = PriorConfig.from_dict(saved["model"])
         codes_path = codes_path or saved["codes"]["path"]
         train = resumed_config(saved["train"], train)
+        if level is not None and level != saved["codes"].get("level", "single"):
+            raise VQGenError(f"'{run_dir}' models --level {saved['codes'].get('level', 'single')}, not {level}")
         level = saved["codes"].get("level", "single")
     else:
         codes_path = codes_path or DEFAULT_CODES

@@ -55,6 +55,17 @@ def matmul_peak(dtype, n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / best
 
 
+def command_line(script: str, args) -> str:
+    """The command that repeats this benchmark: `python bench/SCRIPT` with every parsed option, flags bare."""
+    parts = [f"python bench/{script}"]
+    for key, value in vars(args).items():
+        if value is False or value is None:
+            continue
+        flag = f"--{key.replace('_', '-')}"
+        parts.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
+    return " ".join(parts)
+
+
 def vqgen(*args: str, env: dict | None = None) -> tuple[float, str]:
     """Run `python -m vqgen ARGS`; returns wall seconds and the output. Raises on failure."""
     cmd = [sys.executable, "-m", "vqgen", *map(str, args)]

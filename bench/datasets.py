@@ -18,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from common import REPO, SHARED, last_metrics, vqgen, write_result
+from common import REPO, SHARED, command_line, last_metrics, vqgen, write_result
 from sampling import timed_sample
 
 
@@ -38,11 +38,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep finished runs in runs/bench/<data>/")
     parser.add_argument("--n", type=int, default=5000, help="samples for vqgen eval (classes uniform)")
     args = parser.parse_args()
-    command = "python bench/datasets.py " + " ".join(
-        f"--{k.replace('_', '-')}" + ("" if v is True else f" {shlex.quote(str(v))}")
-        for k, v in vars(args).items()
-        if v not in (None, False)
-    )
+    command = command_line("datasets.py", args)
     os.chdir(REPO)  # relative paths, so the recorded commands run from any checkout
     base = Path("runs") / "bench" / args.data
     root = ["--data-root", os.path.relpath(SHARED)] if args.data != "shapes" else []

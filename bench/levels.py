@@ -23,7 +23,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from common import REPO, SHARED, vqgen, write_result
+from common import REPO, SHARED, command_line, vqgen, write_result
 
 CIFAR = SHARED / "CIFAR10" / "cifar10-train-40k.npz"
 
@@ -38,9 +38,7 @@ def main() -> None:
     parser.add_argument("--arms", default="one,two", help="which arms to run")
     parser.add_argument("--name", default="levels-64", help="the results file's name")
     args = parser.parse_args()
-    command = "python bench/levels.py " + " ".join(
-        f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(args).items()
-    )
+    command = command_line("levels.py", args)
     os.chdir(REPO)
     data = os.path.relpath(CIFAR)
     rows = {}

@@ -19,7 +19,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from common import REPO, SHARED, vqgen, write_result
+from common import REPO, SHARED, command_line, vqgen, write_result
 
 CIFAR = SHARED / "CIFAR10" / "cifar10-train-40k.npz"
 
@@ -45,9 +45,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5000, help="held-out images for vqgen eval (at most 4,000 exist)")
     parser.add_argument("--reuse", action="store_true", help="keep a variant whose eval.json is newer than its weights")
     args = parser.parse_args()
-    command = "python bench/natural.py " + " ".join(
-        f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(args).items()
-    )
+    command = command_line("natural.py", args)
     os.chdir(REPO)
     data = os.path.relpath(CIFAR)
     flags = {

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from common import REPO, SHARED, last_metrics, matmul_peak, mean_rate, vqgen, write_result
+from common import REPO, SHARED, command_line, last_metrics, matmul_peak, mean_rate, vqgen, write_result
 
 
 def flops_per_example(network: str, run: Path, batch: int = 64) -> float:
@@ -71,11 +71,7 @@ def main() -> None:
     parser.add_argument("--no-speed", action="store_true", help="skip the throughput part")
     parser.add_argument("--name", default="precision")
     args = parser.parse_args()
-    command = "python bench/precision.py " + " ".join(
-        f"--{k.replace('_', '-')}" + ("" if v is True else f" {shlex.quote(str(v))}")
-        for k, v in vars(args).items()
-        if v not in (None, False, "none")
-    )
+    command = command_line("precision.py", args)
     os.chdir(REPO)
     base = Path("runs") / "bench" / "precision"
     root = ["--data-root", os.path.relpath(SHARED)]

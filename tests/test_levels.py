@@ -9,11 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vqgen.priors import PriorConfig, build_prior
 from vqgen.vqvae import VQVAE, AEConfig
 
 from conftest import run_cli
-from test_priors import ARCHS, K, M, T, random_codes
+from test_priors import ARCHS, K, M, T, random_codes, tiny_prior
 
 MC = M // 2  # the top grid's side
 
@@ -57,21 +56,7 @@ def test_one_level_autoencoder_is_unchanged_by_the_option():
 
 
 def bottom_prior(arch: str, num_classes: int = 0):
-    torch.manual_seed(0)
-    cfg = PriorConfig(
-        arch=arch,
-        codebook_size=K,
-        grid_size=M,
-        context_grid=MC,
-        num_classes=num_classes,
-        class_dropout=0.0,
-        n_layer=2,
-        n_head=2,
-        n_embd=32,
-        pcnn_channels=32,
-        pcnn_layers=4,
-    )
-    return build_prior(cfg).eval()
+    return tiny_prior(arch, num_classes=num_classes, context_grid=MC)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

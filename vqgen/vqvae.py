@@ -205,25 +205,25 @@ class VQVAE(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
         """x (B, C, n, n) in [-1, 1] → reconstruction (B, C, n, n) and the quantizer's output (with .top for a
         two-level model, whose auxiliary loss it includes)."""
-        z = self.encoder(x)  # (B, D, m, m)
-        if self.top is None:
-            vq = self.quantizer(z)
+        vq, context = self._quantize(self.encoder(x))
+        if context is None:
             return self.decoder(vq.quantized), vq
+        return self.decoder(torch.cat([vq.quantized, context], dim=1)), vq
+
+    def _quantize(self, z: torch.Tensor) -> tuple[QuantizerOutput, torch.Tensor | None]:
+        """The encoding z (B, D, m, m) → the quantizer's output and, for two levels, the top's context (B, D, m, m)."""
+        if self.top is None:
+            return self.quantizer(z), None
         top = self.top.quantizer(self.top.encoder(z))  # (B, D, m/2, m/2)
         context = self.top.upsample(top.quantized)  # (B, D, m, m)
         bottom = self.quantizer(self.top.mix(torch.cat([z, context], dim=1)))
-        recon = self.decoder(torch.cat([bottom.quantized, context], dim=1))
-        return recon, QuantizerOutput(bottom.quantized, bottom.indices, bottom.loss + top.loss, bottom.counts, top)
+        return QuantizerOutput(bottom.quantized, bottom.indices, bottom.loss + top.loss, bottom.counts, top), context
 
     @torch.no_grad()
     def encode_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x (B, C, n, n) → the code grid of each level, top first: [(B, m, m)] or [(B, m/2, m/2), (B, m, m)]."""
-        z = self.encoder(x)  # (B, D, m, m)
-        if self.top is None:
-            return [self.quantizer(z).indices]
-        top = self.top.quantizer(self.top.encoder(z))
-        bottom = self.quantizer(self.top.mix(torch.cat([z, self.top.upsample(top.quantized)], dim=1)))
-        return [top.indices, bottom.indices]
+        vq, _ = self._quantize(self.encoder(x))
+        return [vq.indices] if vq.top is None else [vq.top.indices, vq.indices]
 
     @torch.no_grad()
     def decode_levels(self, grids: list[torch.Tensor]) -> torch.Tensor:

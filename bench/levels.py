@@ -47,7 +47,8 @@ def main() -> None:
         ae, codes, prior = run / "ae", run / "codes.safetensors", run / "prior"
         levels = ["--levels", "2"] if arm == "two" else []
         train_ae = ["train-ae", "--data", data, "--image-size", str(args.image_size), "--minutes", str(args.ae_minutes)]
-        train_ae += ["--out", str(ae), "--force", *levels]
+        # K = 512 without the adversarial term, as measured: CIFAR-10's preset would otherwise apply to the file
+        train_ae += ["--codebook-size", "512", "--adversarial", "0", "--out", str(ae), "--force", *levels]
         commands = [train_ae, ["encode", "--ae", str(ae), "--out", str(codes)]]
         if arm == "two":
             top, bottom = round(args.prior_minutes / 4, 2), round(args.prior_minutes * 3 / 4, 2)

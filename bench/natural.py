@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--adversarial", type=float, default=0.1, help="--adversarial of the adversarial variant")
     parser.add_argument("--adversarial-start", type=int, default=2000, help="its --adversarial-start")
     parser.add_argument("--variants", default="mse,adversarial", help="which variants to run, comma-separated")
+    parser.add_argument("--codebook-size", type=int, default=512, help="train-ae --codebook-size of every variant")
     parser.add_argument("--extra", default="", help="more train-ae flags for every variant, e.g. '--downsample 2'")
     parser.add_argument("--name", default="natural-cifar10", help="the results file's name")
     parser.add_argument("--n", type=int, default=5000, help="held-out images for vqgen eval (at most 4,000 exist)")
@@ -48,8 +49,9 @@ def main() -> None:
     command = command_line("natural.py", args)
     os.chdir(REPO)
     data = os.path.relpath(CIFAR)
+    # every setting explicit: the file takes CIFAR-10's preset (K = 8192, adversarial) for whatever is left unset
     flags = {
-        "mse": [],
+        "mse": ["--adversarial", "0"],
         "adversarial": ["--adversarial", str(args.adversarial), "--adversarial-start", str(args.adversarial_start)]
         + (["--feature-matching", str(args.feature_matching)] if args.feature_matching else []),
     }
@@ -60,7 +62,7 @@ def main() -> None:
         own = variant == "adversarial" and args.adversarial_steps
         steps = ["--steps", str(args.adversarial_steps)] if own else budget
         train = ["train-ae", "--data", data, *steps, "--out", str(run), "--force"]
-        train += flags[variant] + shlex.split(args.extra)
+        train += ["--codebook-size", str(args.codebook_size)] + flags[variant] + shlex.split(args.extra)
         evaluate = ["eval", "--ae", str(run), "--n", str(args.n)]
         evaluated, weights = run / "eval.json", run / "model.safetensors"
         if args.reuse and evaluated.exists() and evaluated.stat().st_mtime > weights.stat().st_mtime:

@@ -131,3 +131,19 @@ def test_feature_matching_trains_resumes_and_needs_the_discriminator(in_tmp, mon
     assert matching and matching[-1] > 0
     assert json.loads((in_tmp / "straight/config.json").read_text())["adversarial"]["feature_matching"] == 1
     assert_clean_error(run_cli("train-ae", *AE_FLAGS, "--feature-matching", "1", "--out", "bad"), "--adversarial")
+
+
+def test_preset_adversarial_settings_fill_only_what_is_unset():
+    from vqgen.autoencoder import AdversarialConfig
+    from vqgen.presets import Preset
+
+    preset = Preset(ae_adversarial=0.2, ae_adversarial_start=1600, ae_feature_matching=0.3)
+    unset = AdversarialConfig(None, None, None, None)
+    assert unset.with_preset(preset) == AdversarialConfig(0.2, 1600, None, 0.3)
+    assert unset.with_preset(Preset()) == AdversarialConfig(0.0, 0, None, 0.0)  # other data sets: off
+    # a weight of one's own (0 included) does not inherit the preset's start and feature matching
+    assert AdversarialConfig(0.5, None, None, None).with_preset(preset) == AdversarialConfig(0.5, 0, None, 0.0)
+    assert AdversarialConfig(0.0, None, None, None).with_preset(preset) == AdversarialConfig(0.0, 0, None, 0.0)
+    # a start or feature weight given alone overrides the preset's, beside its weight
+    given = AdversarialConfig(None, 10, 1e-4, 0.0).with_preset(preset)
+    assert given == AdversarialConfig(0.2, 10, 1e-4, 0.0)

@@ -283,8 +283,14 @@ def test_presets_fill_only_what_is_unset():
     from vqgen.presets import Preset, preset_for
     from vqgen.priors.training import with_size
 
-    assert preset_for("MNIST") == preset_for(None) == Preset()  # every other data set: the real-data recipe
     real = Preset()
+    assert preset_for("Fashion-MNIST") == preset_for(None) == real  # every other data set: the real-data recipe
+    mnist = preset_for("MNIST")  # its own stage one (issue 13's 28.5 dB), the real-data stage two
+    assert (mnist.codebook_size, mnist.ae_ema_weights) == (1024, 0.999) and mnist.ae_steps > real.ae_steps
+    assert mnist.transformer_width == real.transformer_width and mnist.prior_steps == real.prior_steps
+    # a file or folder named after a real data set takes its preset; a longer name or the built-in shapes does not
+    assert preset_for("../data/MNIST/") == preset_for("mnist-train.npz") == mnist
+    assert preset_for("mnistish.npz") == preset_for("photos/shapes") == real
     assert real.prior_ema_weights > 0 and real.prior_guidance is not None
     shapes = preset_for(" Shapes ")
     assert (shapes.codebook_size, shapes.ae_hidden, shapes.transformer_width) == (64, 64, 64)

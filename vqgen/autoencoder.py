@@ -15,7 +15,7 @@ from vqgen.data import ImageData, Split, iterate_batches, load_data, pixel_batch
 from vqgen.errors import VQGenError
 from vqgen.images import save_grid
 from vqgen.metrics import codes_used, image_mse, perplexity, psnr_from_mse
-from vqgen.presets import preset_for
+from vqgen.presets import Preset, preset_for
 from vqgen.quantize import QuantizerOutput
 from vqgen.train import (
     Task,
@@ -48,10 +48,24 @@ class DataConfig:
 
 @dataclass
 class AdversarialConfig:
-    weight: float = 0.0  # weight of the adaptive adversarial term (0: off)
-    start: int = 0  # autoencoder steps before the discriminator is used and trained
+    weight: float | None = 0.0  # weight of the adaptive adversarial term (0: off; None: the preset's)
+    start: int | None = 0  # autoencoder steps before the discriminator is used and trained (None: the preset's)
     lr: float | None = None  # the discriminator's learning rate (None: the autoencoder's)
-    feature_matching: float = 0.0  # weight of the L1 distance in the discriminator's features (0: off)
+    feature_matching: float | None = 0.0  # weight of the L1 distance in the discriminator's features (0: off)
+
+    def with_preset(self, preset: Preset) -> AdversarialConfig:
+        """Fill what is unset from the data set's preset: its start and feature matching only go with its own
+        weight, so `--adversarial W` alone means W from step 0 without feature matching, as on any data set."""
+        if self.weight is None:
+            weight, start, matching = preset.ae_adversarial, preset.ae_adversarial_start, preset.ae_feature_matching
+        else:
+            weight, start, matching = self.weight, 0, 0.0
+        return AdversarialConfig(
+            weight,
+            start if self.start is None else self.start,
+            self.lr,
+            matching if self.feature_matching is None else self.feature_matching,
+        )
 
     def validate(self) -> None:
         if not self.weight >= 0:
@@ -233,7 +247,6 @@ def train_autoencoder(
     """
     run_dir = Path(out)
     adversarial = adversarial or AdversarialConfig()
-    adversarial.validate()
     if resume:
         ckpt.prepare_run_dir(run_dir, resume=True, force=False)
         saved = ckpt.read_config(run_dir, KIND)
@@ -244,6 +257,8 @@ def train_autoencoder(
     else:
         preset = preset_for(data_cfg.data)
         train = with_stage_defaults(train, preset.ae_steps, preset.ae_lr, preset.ae_batch_size, preset.ae_ema_weights)
+        adversarial = adversarial.with_preset(preset)
+        adversarial.validate()
     device, dist_info = setup_device(train, "autoencoder")
     if not resume:
         run_dir = on_main(ckpt.prepare_run_dir, run_dir, resume=False, force=force)

@@ -291,7 +291,7 @@ def train_ae(
             "--adversarial",
             help="Weight of a VQGAN-style adversarial term (PatchGAN discriminator, hinge loss, weighted adaptively "
             "against the reconstruction loss at the decoder's last layer); 0: off. Default: the data set's preset "
-            "(0.2 from step 1600 with --feature-matching 0.3 on CIFAR-10), else 0.",
+            "(0.2 from step 1600 with --feature-matching 0.1 on CIFAR-10), else 0.",
             show_default=False,
         ),
     ] = None,

@@ -72,7 +72,8 @@ PRESETS = {
     # classifier's features (bench/natural.py, README "Natural images"). K = 512 and the reconstruction loss alone
     # (14 min): reconstructions at a Fréchet distance of 21.7 keeping 0.65 of the originals' class, samples at 33.5
     # and 35.6% of the asked class. K = 2048 with the adversarial term (0.2 after 1600 steps) and feature matching
-    # 0.1, 5,600 steps (15 min on the EPYC): 11.6 and 0.76, samples at 25.1 and 41.6%, the best samples measured.
+    # 0.1, 5,600 steps (15 min on the EPYC with tests beside it, 10 min on an Intel Xeon with AMX): 11.6 and 0.76
+    # (9.8 and 0.77 on the Xeon), samples at 25.1 and 41.6% on the EPYC, the best samples measured.
     # K = 16384 (3,800 steps, feature matching 0.3) meets every reconstruction target of issue 13 (4.96, 0.87), but
     # its prior's 16384-way output makes a prior step 3.5 times dearer than at K = 2048 (929 against 263 ms; the
     # 3600 steps of stage two in 56 rather than 16 minutes, bench/prior_vocab.py), and its samples are unmeasured,

@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/natural.py --steps 6000 --adversarial 0.2 --adversarial-start 2000
 	$(BIN)/python bench/natural.py --variants adversarial --adversarial 0.2 --adversarial-start 1600 --adversarial-steps 3800 --feature-matching 0.3 --codebook-size 16384 --name natural-cifar10-k16384-fm03
 	$(BIN)/python bench/prior_vocab.py
+	$(BIN)/python bench/nearest_code.py
 	$(BIN)/python bench/levels.py --ae-minutes 8 --prior-minutes 8 --n 5000
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/vs_vqtorch.py --data mnist --restart-below 0.3

@@ -2,7 +2,7 @@
 
     pip install -e '.[bench]'       # vector-quantize-pytorch: a benchmark extra, never a run-time dependency
     python bench/vs_vqtorch.py --data mnist
-    python bench/vs_vqtorch.py --data mnist --steps 3000 --restart-below 0.3 --name vs_vqtorch-mnist-3000
+    python bench/vs_vqtorch.py --data mnist --steps 3000 --restart-below 0.3 --name vs_vqtorch-mnist-short
 
 The rows train the autoencoder of `vqgen train-ae`'s defaults for the data set (vqgen/presets.py: steps, batch,
 codebook size and weight average; `--steps` overrides the steps) through vqgen's one training loop, in this one

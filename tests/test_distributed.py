@@ -99,6 +99,7 @@ def test_train_ae_two_processes_match_one_and_resume(tmp_path, single):
     assert_close(rank_weights(tmp_path / "first"), ckpt.load_tensors(tmp_path / "ae" / ckpt.WEIGHTS))
     assert first.stdout.count("held-out results") == 1  # only rank 0 prints
     assert sorted(p.name for p in (tmp_path / "ae").iterdir()) == [
+        ".lock",  # rank 0's lock on the folder (see RunLock)
         "config.json",
         "metrics.jsonl",
         "model.safetensors",

@@ -248,7 +248,7 @@ def train_autoencoder(
     run_dir = Path(out)
     adversarial = adversarial or AdversarialConfig()
     if resume:
-        ckpt.prepare_run_dir(run_dir, resume=True, force=False)
+        ckpt.check_resumable(run_dir)
         saved = ckpt.read_config(run_dir, KIND)
         ae = AEConfig.from_dict(saved["model"])
         data_cfg = DataConfig(**saved["data"])
@@ -260,9 +260,7 @@ def train_autoencoder(
         adversarial = adversarial.with_preset(preset)
         adversarial.validate()
     device, dist_info = setup_device(train, "autoencoder")
-    if not resume:
-        run_dir = on_main(ckpt.prepare_run_dir, run_dir, resume=False, force=force)
-    data = data_cfg.load()
+    data = data_cfg.load()  # everything is checked before the run folder is touched
     if data.skipped and console is not None and dist_info.is_main:
         console.print(
             f"[yellow]skipped {data.skipped} unreadable image file(s)[/] in '{data_cfg.data}' (--strict stops instead)"
@@ -282,11 +280,29 @@ def train_autoencoder(
             f"so it must be even: pass --image-size {even} or another --downsample"
         )
     ae.image_size, ae.channels = height, channels
+    # Locked for this process until it returns; a new run is staged until its first checkpoint (see RunFolder).
+    with on_main(ckpt.open_run, run_dir, resume=resume, force=force) as folder:
+        return _train_in(folder, ae, train, data_cfg, data, resume, console, adversarial, device, dist_info)
+
+
+def _train_in(
+    folder: ckpt.RunFolder,
+    ae: AEConfig,
+    train: TrainConfig,
+    data_cfg: DataConfig,
+    data: ImageData,
+    resume: bool,
+    console,
+    adversarial: AdversarialConfig,
+    device: torch.device,
+    dist_info,
+) -> tuple[dict[str, float], Path]:
+    channels = data.image_shape[0]
     seed_everything(train.seed)
     model = VQVAE(ae).to(device)
     if not resume and dist_info.is_main:
         ckpt.write_config(
-            run_dir,
+            folder.path,
             KIND,
             {
                 "model": ae.to_dict(),
@@ -314,8 +330,8 @@ def train_autoencoder(
             feature_weight=adversarial.feature_matching,
         )
     task = AutoencoderTask(model, data, device, adversary=adversary)
-    results = fit(task, train, run_dir, resume=resume, console=console)
-    return results, run_dir
+    results = fit(task, train, folder.path, resume=resume, console=console, on_saved=folder.commit)
+    return results, folder.final
 
 
 def load_autoencoder(run: str | Path, device: torch.device | str = "cpu") -> tuple[VQVAE, dict]:

@@ -6,15 +6,21 @@ A run folder holds:
     state.safetensors   optimizer state, step, RNG states and data order, for --resume
     metrics.jsonl       one JSON object per log line
     *.png               previews
+    .lock               held (flock) by the one process writing into the folder; holds its PID
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import shutil
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,22 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 STATE = "state.safetensors"
 METRICS = "metrics.jsonl"
+LOCK = ".lock"
+RUN_FILES = (CONFIG, WEIGHTS, STATE, METRICS)
+# What training writes atomically into its folder: a `.NAME.*.tmp` of one of these is a killed write of a lock
+# holder's, safe to delete at the next start. (eval.json, plots... come from commands that take no lock.)
+_TRAINING_WRITES = (CONFIG, WEIGHTS, STATE, "recon.png", "samples.png")
+# A run's outputs that describe its weights: a replaced run drops them; anything else in the folder is carried over.
+_RUN_OUTPUTS = (
+    *RUN_FILES,
+    "recon.png",
+    "samples.png",
+    "reconstruct.png",
+    "eval.json",
+    "curves.png",
+    "code_usage.png",
+    "codebook_pca.png",
+)
 FORMAT_VERSION = 1  # bump when the layout of config.json or the weights changes incompatibly
 
 
@@ -53,11 +75,50 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, _FILE_MODE)
+        _fsync(tmp)  # the data reaches the disk before the name does: a power loss never leaves an empty file
         os.replace(tmp, path)
+        _fsync(path.parent)  # and the rename itself is durable
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # some file systems cannot sync a directory
+            raise
+    finally:
+        os.close(fd)
+
+
+def check_regular(path: str | Path, what: str = "file") -> Path:
+    """Refuse, in one line, a path that is missing, a directory, a FIFO or a device (which would hang a reader)."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise VQGenError(f"'{path}' is missing; is '{path.parent}' a vqgen run folder?") from None
+    except OSError as e:
+        raise VQGenError(f"cannot read '{path}' ({e.strerror})") from e
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise VQGenError(f"'{path}' is {kind}, not a {what}; pass the right path")
+    return path
+
+
+def run_file(run_dir: str | Path, name: str) -> Path:
+    """A file of a run folder, refused if it is a symbolic link: a link could make a run read another run's
+    weights or append its metrics to a file elsewhere."""
+    path = Path(run_dir) / name
+    if path.is_symlink():
+        raise VQGenError(
+            f"'{path}' is a symbolic link; vqgen refuses links inside a run folder: replace it by a copy of the file"
+        )
+    return path
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -70,13 +131,11 @@ def save_json(path: str | Path, obj: Any) -> None:
 
 
 def load_json(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise VQGenError(f"'{path}' is missing; is '{path.parent}' a vqgen run folder?")
+    path = check_regular(path, "JSON file")
     try:
         obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise VQGenError(f"'{path}' is not valid JSON ({e}); the run folder is damaged") from e
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSONDecodeError, huge ints
+        raise VQGenError(f"'{path}' is not valid JSON ({str(e)[:200]}); the run folder is damaged") from e
     if not isinstance(obj, dict):
         raise VQGenError(f"'{path}' does not hold a JSON object; the run folder is damaged")
     return obj
@@ -92,9 +151,7 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
 
 def read_header(path: str | Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, str]]:
     """Names → (dtype, shape) and the metadata of a safetensors file, read without loading any tensor."""
-    path = Path(path)
-    if not path.exists():
-        raise VQGenError(f"'{path}' is missing; is '{path.parent}' a vqgen run folder?")
+    path = check_regular(path, "safetensors file")
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
@@ -117,8 +174,12 @@ def read_header(path: str | Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]
         if not isinstance(meta, dict):
             raise ValueError("metadata is not a map")
         return entries, {str(k): str(v) for k, v in meta.items()}
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise VQGenError(f"'{path}' is not a valid safetensors file ({e}); it may be truncated or corrupt") from e
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError) as e:
+        raise VQGenError(
+            f"'{path}' is not a valid safetensors file ({str(e)[:200]}); it may be truncated or corrupt"
+        ) from e
+    except OSError as e:
+        raise VQGenError(f"cannot read '{path}' ({e.strerror})") from e
 
 
 _DTYPE_NAMES = {
@@ -136,7 +197,8 @@ _DTYPE_NAMES = {
 
 
 def load_tensors(path: str | Path, expected: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; with `expected`, first check names, shapes and dtypes against it."""
+    """Load a safetensors file; with `expected`, first check names, shapes and dtypes against it. Floating tensors
+    must be finite: a NaN or inf only comes from a diverged run, whose weights would turn into garbage codes."""
     from safetensors.torch import load_file
 
     entries, _ = read_header(path)
@@ -154,9 +216,27 @@ def load_tensors(path: str | Path, expected: dict[str, torch.Tensor] | None = No
                     f"{_DTYPE_NAMES.get(ref.dtype)}{list(ref.shape)}; the weights and the config do not belong together"
                 )
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for damaged payloads
         raise VQGenError(f"'{path}' could not be read ({e}); it may be truncated or corrupt") from e
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise VQGenError(
+            f"'{path}' holds non-finite values (NaN or inf) in '{bad}': the run diverged; train it again, "
+            "e.g. with a lower --lr"
+        )
+    return tensors
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating tensor with a NaN or inf, or None; one device sync for all of them."""
+    floating = [(k, v) for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point() and v.numel()]
+    if not floating:
+        return None
+    flags = torch.stack([torch.isfinite(v).all().to(floating[0][1].device) for _, v in floating])
+    if bool(flags.all()):
+        return None
+    return floating[int((~flags).nonzero()[0])][0]
 
 
 def sha256(path: str | Path) -> str:
@@ -170,29 +250,212 @@ def sha256(path: str | Path) -> str:
 # ----------------------------------------------------------------------------------------------- run folders
 
 
-def prepare_run_dir(out: str | Path, resume: bool, force: bool) -> Path:
-    """Refuse to overwrite an existing run silently; --force clears what a run writes, --resume keeps it."""
+def check_resumable(out: str | Path) -> Path:
+    """Read-only checks that `out` holds a run to resume (every rank makes them; only rank 0 locks, see open_run)."""
     out = Path(out)
-    if resume:
-        if not (out / STATE).exists():
-            raise VQGenError(f"nothing to resume in '{out}' (no {STATE}); start the run without --resume")
-        return out
-    existing = [name for name in (CONFIG, WEIGHTS, STATE, METRICS) if (out / name).exists()]
-    if existing and not force:
-        raise VQGenError(
-            f"'{out}' already holds a run ({', '.join(existing)}); pass --resume to continue it, "
-            "--force to overwrite it, or choose another --out"
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise VQGenError(f"cannot create run folder '{out}' ({e.strerror}); choose another --out") from e
-    if not os.access(out, os.W_OK):
-        raise VQGenError(f"run folder '{out}' is not writable; choose another --out")
-    if force:
-        (out / METRICS).unlink(missing_ok=True)
-        (out / STATE).unlink(missing_ok=True)
+    if not run_file(out, STATE).exists():
+        raise VQGenError(f"nothing to resume in '{out}' (no {STATE}); start the run without --resume")
+    for name in RUN_FILES:
+        run_file(out, name)
     return out
+
+
+class RunLock:
+    """An exclusive flock on RUN/.lock, held for as long as this process writes into the run folder.
+
+    The kernel drops a flock when its process dies, kill -9 included, so the lock never goes stale; the file stays
+    behind with the last holder's PID, which the next refused process names.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.fd: int | None = _acquire(folder)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor releases the flock
+            self.fd = None
+
+
+def _acquire(folder: Path) -> int:
+    import fcntl
+
+    path = folder / LOCK
+    for _ in range(10):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise VQGenError(f"'{path}' is a symbolic link; delete it (vqgen refuses links in a run folder)") from e
+            raise VQGenError(f"cannot lock run folder '{folder}' ({e.strerror}); choose another --out") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = _holder(fd)
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise VQGenError(f"cannot lock run folder '{folder}' ({e.strerror}); choose another --out") from e
+            raise VQGenError(
+                f"run folder '{folder}' is in use by another vqgen process (PID {holder}); wait for it to finish or "
+                "stop it, or choose another --out"
+            ) from None
+        # A --force replacement swaps folders: the file locked must still be the one at the path, else lock again.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)
+    raise VQGenError(f"run folder '{folder}' keeps changing under another process; try again")
+
+
+def _holder(fd: int) -> str:
+    """The PID the holder wrote; it writes it just after locking, so wait a moment for it."""
+    for _ in range(20):
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if text.isdigit():
+            return text
+        time.sleep(0.01)
+    return "unknown"
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class RunFolder:
+    """The run folder a training process writes into, locked for its whole lifetime.
+
+    A new run never writes into `final` directly: it is staged in a hidden sibling folder, and only its first
+    checkpoint (`commit`) swaps it into place, atomically. Until then whatever was in `final` (an old run that
+    --force replaces) is untouched, so a refused, diverged or interrupted start loses nothing. `path` is where
+    to write now. Under torchrun only rank 0 owns the folder; the other ranks get a copy that does nothing.
+    """
+
+    def __init__(self, final: Path, resume: bool, force: bool):
+        self.final, self.owner, self.committed = final, True, resume
+        self.path = final  # where to write now
+        self.staging = final.parent / f".{final.name}.vqgen-new"
+        self._locks: list[RunLock] = []
+        self.created = not final.exists()
+        try:
+            final.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise VQGenError(f"cannot create run folder '{final}' ({e.strerror}); choose another --out") from e
+        if not final.is_dir():
+            raise VQGenError(f"'{final}' is a file, not a run folder; choose another --out")
+        if not os.access(final, os.W_OK):
+            raise VQGenError(f"run folder '{final}' is not writable; choose another --out")
+        self._locks.append(RunLock(final))
+        try:
+            self._start(resume, force)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, resume: bool, force: bool) -> None:
+        final = self.final
+        _remove_tree(self.staging)  # a start killed before its first checkpoint, or a replaced run not yet deleted
+        for name in os.listdir(final):  # killed atomic writes of earlier runs
+            if name.endswith(".tmp") and any(name.startswith(f".{w}.") for w in _TRAINING_WRITES):
+                (final / name).unlink(missing_ok=True)
+        if resume:
+            check_resumable(final)
+            return
+        existing = [name for name in RUN_FILES if run_file(final, name).exists()]
+        if existing and not force:
+            raise VQGenError(
+                f"'{final}' already holds a run ({', '.join(existing)}); pass --resume to continue it, "
+                "--force to overwrite it, or choose another --out"
+            )
+        if Path.cwd().resolve().is_relative_to(final.resolve()):
+            if existing:
+                raise VQGenError(
+                    f"--force cannot replace '{final}', which holds the current directory; run from elsewhere"
+                )
+            self.path, self.committed = final, True  # cannot be swapped: written in place, as a folder of its own
+            return
+        try:
+            self.staging.mkdir()
+        except OSError as e:
+            raise VQGenError(
+                f"cannot create '{self.staging}' beside the run folder ({e.strerror}); choose another --out"
+            ) from e
+        self._locks.append(RunLock(self.staging))  # it becomes the run folder's lock once swapped in
+        self.path = self.staging
+
+    def commit(self) -> Path:
+        """Called after each checkpoint: the first one swaps the staged run into place. Returns the folder."""
+        if self.owner and not self.committed:
+            for name in os.listdir(self.final):  # the user's own files in the folder stay in it
+                if name not in _RUN_OUTPUTS and name != LOCK and not name.endswith(".tmp"):
+                    if not (self.staging / name).exists():
+                        os.replace(self.final / name, self.staging / name)
+            if not _exchange(self.staging, self.final):
+                # No atomic swap on this system: two renames, both folders locked by this process meanwhile.
+                old = self.final.parent / f".{self.final.name}.vqgen-old"
+                _remove_tree(old)
+                os.replace(self.final, old)
+                os.replace(self.staging, self.final)
+                os.replace(old, self.staging)
+            _fsync(self.final.parent)
+            self._locks.pop(0).release()  # the old folder's lock, now in the staging path
+            _remove_tree(self.staging)
+        self.committed = True
+        self.path = self.final
+        return self.final
+
+    def close(self) -> None:
+        """Release the lock; a start that never reached its first checkpoint leaves no trace."""
+        if not self.owner:
+            return
+        if not self.committed and self.path == self.staging:
+            _remove_tree(self.staging)
+            if self.created:  # the folder only held the lock
+                with contextlib.suppress(OSError):
+                    (self.final / LOCK).unlink()
+                    self.final.rmdir()
+        for lock in self._locks:
+            lock.release()
+        self._locks = []
+
+    def __getstate__(self) -> dict:
+        # What another rank receives (on_main): the paths, no locks and no right to swap or delete.
+        return {k: v for k, v in self.__dict__.items() if k != "_locks"} | {"owner": False, "_locks": []}
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_run(out: str | Path, resume: bool, force: bool) -> RunFolder:
+    """Lock run folder `out` for this process and say where to write (see RunFolder). Without --force an existing
+    run is refused; with it, the old run stays until the new one has its first checkpoint; --resume continues it."""
+    return RunFolder(Path(out), resume, force)
 
 
 def write_config(run_dir: Path, kind: str, config: dict) -> None:
@@ -208,7 +471,7 @@ def read_config(run_dir: str | Path, kind: str | None = None) -> dict:
         raise VQGenError(f"run folder '{run_dir}' does not exist; train one first or pass the right path")
     if not run_dir.is_dir():
         raise VQGenError(f"'{run_dir}' is a file, not a run folder")
-    config = load_json(run_dir / CONFIG)
+    config = load_json(run_file(run_dir, CONFIG))
     found = config.get("kind")
     if kind is not None and found != kind:
         hint = {"vqvae": "an autoencoder run (vqgen train-ae)", "prior": "a prior run (vqgen train-prior)"}
@@ -236,19 +499,20 @@ def load_model(run_dir: str | Path, kind: str, build, device: torch.device | str
         model = build(config)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise VQGenError(f"'{run_dir / CONFIG}' has an invalid model section ({e})") from e
-    tensors = load_tensors(run_dir / WEIGHTS, expected=model.state_dict())
+    tensors = load_tensors(run_file(run_dir, WEIGHTS), expected=model.state_dict())
     model.load_state_dict(tensors)
     return model.to(device).eval(), config
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
     # Appending a line is the one write that is not atomic by rename: a torn last line is skipped by read_metrics.
-    with open(run_dir / METRICS, "a") as f:
+    fd = os.open(run_file(run_dir, METRICS), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE)
+    with os.fdopen(fd, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / METRICS
+    path = run_file(run_dir, METRICS)
     if not path.exists():
         return []
     records = []

@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -233,7 +234,7 @@ def on_main(fn, *args, **kwargs):
         raise error
     if message is not None:
         raise VQGenError(message)
-    return shared_result
+    return result if rank_and_world()[0] == 0 else shared_result  # rank 0 keeps its own object (a lock it holds)
 
 
 # ----------------------------------------------------------------------------------------------- the task interface
@@ -416,7 +417,7 @@ def load_state(
 ) -> dict:
     import json
 
-    entries, metadata = ckpt.read_header(run_dir / ckpt.STATE)
+    entries, metadata = ckpt.read_header(ckpt.run_file(run_dir, ckpt.STATE))
     expected = {f"model.{k}": v for k, v in model.state_dict().items()}
     missing = [k for k in expected if k not in entries]
     if missing or "state" not in metadata:
@@ -535,8 +536,20 @@ def make_progress(console=None):
     )
 
 
-def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, console=None) -> dict[str, float]:
-    """Train `task.model` for cfg.steps steps; returns the final held-out metrics."""
+def fit(
+    task: Task,
+    cfg: TrainConfig,
+    run_dir: Path,
+    resume: bool = False,
+    console=None,
+    on_saved: Callable[[], Path] | None = None,
+) -> dict[str, float]:
+    """Train `task.model` for cfg.steps steps; returns the final held-out metrics.
+
+    No checkpoint is ever written from a non-finite loss or weights: both are checked before each write (and each
+    evaluation), so the checkpoint on disk is always the last sound one. After each checkpoint `on_saved()` gives
+    the run folder to write into from then on (a staged new run moves into place at its first, see RunFolder).
+    """
     from vqgen.data import BatchOrder
 
     device = next(task.model.parameters()).device
@@ -597,11 +610,44 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
     window_steps, window_start = 0, time.perf_counter()
     metrics: dict[str, float] = {}
 
+    saved_step = start_step if resume else None  # the step of the checkpoint on disk (None: none yet)
+
+    def diverged(what: str, step: int) -> VQGenError:
+        if saved_step is None:
+            kept = "no checkpoint had been written, so nothing was saved"
+        else:
+            kept = f"the last checkpoint in '{run_dir}' (step {saved_step}) is kept"
+        return VQGenError(f"{what} at step {step}; training stopped and {kept}. Try a lower --lr or --precision fp32")
+
+    def check_losses(count: int, done: int) -> list[float]:
+        """The last `count` step losses, averaged over ranks so that all agree on a NaN; raises on a non-finite one."""
+        values = _mean_over_ranks(losses[:count], dist_info.world_size).tolist()
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is not None:
+            raise diverged(f"the loss became {values[bad]}", done - count + bad + 1)
+        return values
+
+    def check_finite(step: int) -> None:
+        """Before anything is written from the model: the losses not yet checked, then every tensor of the state."""
+        if window_steps:
+            check_losses(window_steps, step)
+        tensors = dict(model.state_dict()) | optimizer_tensors(opt)[0] | task.extra_state()[0]
+        if average is not None:
+            tensors |= average.state_tensors()
+        bad = ckpt.first_non_finite(tensors)
+        if _any_rank(bad is not None, dist_info.world_size):
+            raise diverged(f"the weights became non-finite ('{bad or 'on another rank'}')", step)
+
     def checkpoint(step: int) -> None:
+        nonlocal run_dir, saved_step
+        check_finite(step)
         if main:
             save_state(run_dir, model, opt, order, step, {"total": total}, average, task)
             with _maybe_applied(average):
                 ckpt.save_tensors(run_dir / ckpt.WEIGHTS, model.state_dict())
+        saved_step = step
+        if on_saved is not None:
+            run_dir = on_saved()
 
     progress = make_progress(console) if main else contextlib.nullcontext()
     with _SignalCatcher() as signals, progress:
@@ -645,14 +691,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
             done = step + 1
             if window_steps == window or done == total:
                 # the one sync per window; the loss is averaged over ranks so that all agree on a NaN
-                values = _mean_over_ranks(losses[:window_steps], dist_info.world_size).tolist()
-                bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
-                if bad:
-                    bad_step = done - window_steps + bad[0] + 1
-                    raise VQGenError(
-                        f"the loss became {values[bad[0]]} at step {bad_step}; training stopped and the last "
-                        f"checkpoint in '{run_dir}' is kept. Try a lower --lr or --precision fp32"
-                    )
+                values = check_losses(window_steps, done)
                 sums = {k: _mean_over_ranks(v, dist_info.world_size) for k, v in sums.items()}
                 elapsed = time.perf_counter() - window_start
                 rate = window_steps * cfg.batch_size * task.examples_per_row / max(elapsed, 1e-9)
@@ -673,6 +712,7 @@ def fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool = False, conso
                 progress.update(bar, completed=done)
 
             if cfg.eval_every and done % cfg.eval_every == 0 and done != total:
+                check_finite(done)  # no preview nor metrics line from a diverged model
                 _evaluate(task, model, run_dir, done, final=False, main=main, average=average)
             caught = _agreed_signal(signals.caught, dist_info.world_size)
             if caught is not None:
@@ -720,6 +760,15 @@ def _budget_steps(
 
 def _mean_over_ranks(t: torch.Tensor, world: int) -> torch.Tensor:
     return all_reduce_sum(t.clone()) / world if world > 1 else t
+
+
+def _any_rank(flag: bool, world: int) -> bool:
+    """Whether `flag` holds on any rank (through the gloo control group: no GPU sync)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([float(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_CONTROL_GROUP)
+    return bool(t.item())
 
 
 def _agreed_signal(caught: int | None, world: int) -> int | None:

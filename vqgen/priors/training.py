@@ -146,7 +146,7 @@ def train_prior(
     """
     run_dir = Path(out)
     if resume:
-        ckpt.prepare_run_dir(run_dir, resume=True, force=False)
+        ckpt.check_resumable(run_dir)
         saved = ckpt.read_config(run_dir, KIND)
         prior = PriorConfig.from_dict(saved["model"])
         codes_path = codes_path or saved["codes"]["path"]
@@ -173,8 +173,6 @@ def train_prior(
         )
         prior = with_size(prior, layers, width, heads, preset)
     device, dist_info = setup_device(train, prior.arch)
-    if not resume:
-        run_dir = on_main(ckpt.prepare_run_dir, run_dir, resume=False, force=force)
     has_labels = codes.train_labels is not None and codes.num_classes > 0
     if class_conditional and not has_labels:
         raise VQGenError(f"--class-conditional needs labels, but '{codes_path}' has none")
@@ -185,37 +183,43 @@ def train_prior(
         prior.num_classes = codes.num_classes if conditional else 0
     else:
         check_codes_match(saved, codes, codes_path, run_dir)
-    seed_everything(train.seed)
-    model = build_prior(prior).to(device)
-    ae_run = codes.ae_run if codes.ae_run and (Path(codes.ae_run) / ckpt.WEIGHTS).exists() else None
-    if not resume and dist_info.is_main:
-        guided = prior.num_classes > 0 and prior.class_dropout > 0
-        class_counts = (
-            torch.bincount(codes.train_labels, minlength=codes.num_classes).tolist() if prior.num_classes else None
-        )
-        ckpt.write_config(
-            run_dir,
-            KIND,
-            {
-                "model": prior.to_dict(),
-                "train": train.to_dict(),
-                # what `vqgen sample` and `vqgen eval` use unless told otherwise
-                "sampling": {"guidance": preset.prior_guidance if guided else None},
-                "codes": {
-                    "path": str(codes_path),
-                    "sha256": ckpt.sha256(codes_path),
-                    "dataset": codes.dataset,
-                    "class_names": codes.class_names,
-                    "class_counts": class_counts,  # the label frequencies that `sample --class none` draws from
-                    "level": level,  # which grid of the autoencoder's codes this prior models
+    # Locked for this process until it returns; a new run is staged until its first checkpoint (RunFolder).
+    with on_main(ckpt.open_run, run_dir, resume=resume, force=force) as folder:
+        seed_everything(train.seed)
+        model = build_prior(prior).to(device)
+        ae_run = codes.ae_run if codes.ae_run and (Path(codes.ae_run) / ckpt.WEIGHTS).exists() else None
+        if not resume and dist_info.is_main:
+            guided = prior.num_classes > 0 and prior.class_dropout > 0
+            class_counts = (
+                torch.bincount(codes.train_labels, minlength=codes.num_classes).tolist() if prior.num_classes else None
+            )
+            ckpt.write_config(
+                folder.path,
+                KIND,
+                {
+                    "model": prior.to_dict(),
+                    "train": train.to_dict(),
+                    # what `vqgen sample` and `vqgen eval` use unless told otherwise
+                    "sampling": {"guidance": preset.prior_guidance if guided else None},
+                    "codes": {
+                        "path": str(codes_path),
+                        "sha256": ckpt.sha256(codes_path),
+                        "dataset": codes.dataset,
+                        "class_names": codes.class_names,
+                        "class_counts": class_counts,  # the label frequencies that `sample --class none` draws from
+                        "level": level,  # which grid of the autoencoder's codes this prior models
+                    },
+                    "ae": {
+                        "run": codes.ae_run,
+                        "relative": _relative(codes.ae_run, run_dir),
+                        "sha256": codes.ae_sha256,
+                    },
+                    "parameters": sum(p.numel() for p in model.parameters()),
                 },
-                "ae": {"run": codes.ae_run, "relative": _relative(codes.ae_run, run_dir), "sha256": codes.ae_sha256},
-                "parameters": sum(p.numel() for p in model.parameters()),
-            },
-        )
-    task = PriorTask(model, codes, device, ae_run, level)
-    results = fit(task, train, run_dir, resume=resume, console=console)
-    return results, run_dir
+            )
+        task = PriorTask(model, codes, device, ae_run, level)
+        results = fit(task, train, folder.path, resume=resume, console=console, on_saved=folder.commit)
+        return results, folder.final
 
 
 def with_size(

@@ -1,0 +1,280 @@
+"""Nothing saved is ever lost: no checkpoint from a diverged run, --force that replaces only once the new run has a
+checkpoint, one process per run folder (real processes), and run folders that refuse links and clean up after kills.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vqgen import checkpoint as ckpt
+from vqgen.errors import VQGenError
+
+from conftest import REPO, run_cli
+from test_reliability import assert_clean_error
+
+TINY = (
+    "--steps",
+    "12",
+    "--batch-size",
+    "8",
+    "--hidden",
+    "16",
+    "--embed-dim",
+    "8",
+    "--codebook-size",
+    "16",
+    "--log-every",
+    "12",
+    "--save-every",
+    "5",
+)
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Name → sha256 of every file in a folder (the lock file aside: it holds the last holder's PID)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.name != ckpt.LOCK}
+
+
+def state_step(run: Path) -> int:
+    return json.loads(ckpt.read_header(run / ckpt.STATE)[1]["state"])["step"]
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory, data_root) -> Path:
+    """A tiny finished autoencoder run, copied by the tests that change one."""
+    root = tmp_path_factory.mktemp("good")
+    result = run_cli("train-ae", *TINY, "--out", str(root / "ae"))
+    assert result.code == 0, result.err
+    return root / "ae"
+
+
+@pytest.fixture
+def run_copy(good_run, in_tmp) -> Path:
+    shutil.copytree(good_run, in_tmp / "ae")
+    return in_tmp / "ae"
+
+
+# ----------------------------------------------------------------------------------------------- divergence
+
+
+def _poison_loss_at(monkeypatch, at_step: int) -> None:
+    from vqgen.autoencoder import AutoencoderTask
+
+    original, calls = AutoencoderTask.step, {"n": 0}
+
+    def step(self, model, rows):
+        calls["n"] += 1
+        loss, stats = original(self, model, rows)
+        return (loss * float("inf") if calls["n"] == at_step else loss), stats
+
+    monkeypatch.setattr(AutoencoderTask, "step", step)
+
+
+def test_divergence_between_log_lines_keeps_the_last_good_checkpoint(in_tmp, monkeypatch):
+    # a log window of 12 steps spans two checkpoints (5, 10): the step-10 one must not be written from step 7's inf
+    with monkeypatch.context() as m:
+        _poison_loss_at(m, 7)
+        result = run_cli("train-ae", *TINY, "--out", "div")
+    assert_clean_error(result, "the loss became inf at step 7", "(step 5) is kept")
+    assert state_step(in_tmp / "div") == 5
+    from vqgen.autoencoder import load_autoencoder
+
+    load_autoencoder(in_tmp / "div")  # finite weights, or this raises
+
+
+def test_non_finite_weights_are_never_saved(in_tmp, monkeypatch):
+    # the loss of the last step is finite, the weights after its update are not: the final checkpoint must refuse
+    from vqgen.autoencoder import AutoencoderTask
+
+    calls = {"n": 0}
+
+    def after_step(self):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(AutoencoderTask, "after_step", after_step)
+    result = run_cli("train-ae", *TINY, "--out", "div")
+    assert_clean_error(result, "weights became non-finite", "at step 12", "(step 10) is kept")
+    assert state_step(in_tmp / "div") == 10
+    ckpt.load_tensors(in_tmp / "div" / ckpt.WEIGHTS)  # finite, or this raises
+
+
+def test_diverging_from_the_start_saves_nothing(in_tmp):
+    result = run_cli("train-ae", *TINY, "--lr", "1e9", "--out", "div")
+    assert_clean_error(result, "nothing was saved")
+    assert not (in_tmp / "div").exists()  # the folder only existed to hold the lock
+
+
+def test_diverging_force_keeps_the_old_run(run_copy):
+    before = snapshot(run_copy)
+    result = run_cli("train-ae", *TINY, "--lr", "1e9", "--hidden", "32", "--force", "--out", str(run_copy))
+    assert_clean_error(result, "nothing was saved")
+    assert snapshot(run_copy) == before
+    assert run_cli("encode", "--ae", str(run_copy), "--out", "codes.safetensors").code == 0
+
+
+def test_non_finite_model_is_refused_on_load(run_copy):
+    weights = ckpt.load_tensors(run_copy / ckpt.WEIGHTS)
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name][0] = float("inf")
+    ckpt.save_tensors(run_copy / ckpt.WEIGHTS, weights)
+    result = run_cli("encode", "--ae", str(run_copy), "--out", "codes.safetensors")
+    assert_clean_error(result, "non-finite", name)
+    assert not Path("codes.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------------------------- --force
+
+
+def test_force_validates_before_touching_the_old_run(run_copy):
+    before = snapshot(run_copy)
+    assert_clean_error(run_cli("train-ae", "--out", str(run_copy), "--force", "--data", "/nonexistent"), "nonexistent")
+    assert_clean_error(run_cli("train-ae", *TINY, "--out", str(run_copy), "--force", "--steps", "0"), "--steps")
+    assert snapshot(run_copy) == before
+    assert not any(p.name.startswith(".ae.") for p in run_copy.parent.iterdir())  # no staging folder left
+
+
+def test_force_interrupted_before_its_first_checkpoint_keeps_the_old_run(run_copy, monkeypatch):
+    from vqgen.autoencoder import AutoencoderTask
+
+    before = snapshot(run_copy)
+
+    def step(self, model, rows):
+        raise KeyboardInterrupt  # a second Ctrl-C: no checkpoint at all
+
+    with monkeypatch.context() as m:
+        m.setattr(AutoencoderTask, "step", step)
+        assert run_cli("train-ae", *TINY, "--hidden", "32", "--force", "--out", str(run_copy)).code == 130
+    assert snapshot(run_copy) == before
+
+
+def test_force_replaces_the_run_and_keeps_the_users_files(run_copy):
+    (run_copy / "notes.txt").write_text("mine")
+    (run_copy / "eval.json").write_text("{}")  # describes the old weights: dropped
+    old = ckpt.read_config(run_copy)
+    result = run_cli("train-ae", *TINY, "--hidden", "32", "--force", "--out", str(run_copy))
+    assert result.code == 0, result.err
+    assert ckpt.read_config(run_copy)["model"]["hidden"] == 32 != old["model"]["hidden"]
+    assert (run_copy / "notes.txt").read_text() == "mine" and not (run_copy / "eval.json").exists()
+    assert sorted(p.name for p in run_copy.parent.iterdir()) == ["ae"]  # nothing staged left beside it
+    assert state_step(run_copy) == 12
+    from vqgen.autoencoder import load_autoencoder
+
+    assert load_autoencoder(run_copy)[0].cfg.hidden == 32
+
+
+def test_leftovers_of_killed_writes_are_cleaned_up(run_copy):
+    staged = run_copy.parent / ".ae.vqgen-new"  # a --force start killed before its first checkpoint
+    staged.mkdir()
+    (staged / ckpt.CONFIG).write_text("{}")
+    torn = run_copy / ".model.safetensors.x1y2z3.tmp"  # an atomic write killed before its rename
+    torn.write_bytes(b"half")
+    mine = run_copy / ".notes.txt.tmp"
+    mine.write_text("not vqgen's")
+    assert run_cli("train-ae", "--out", str(run_copy), "--resume", "--steps", "13").code == 0
+    assert not staged.exists() and not torn.exists() and mine.exists()
+
+
+# ----------------------------------------------------------------------------------------------- one writer
+
+
+def test_a_second_writer_in_one_process_is_refused(tmp_path):
+    with ckpt.open_run(tmp_path / "run", resume=False, force=False) as first:
+        with pytest.raises(VQGenError, match=f"PID {os.getpid()}"):
+            ckpt.open_run(tmp_path / "run", resume=False, force=False)
+        assert first.path != first.final  # staged until its first checkpoint
+    assert not (tmp_path / "run").exists()
+    with ckpt.open_run(tmp_path / "run", resume=False, force=False):  # released: free again
+        pass
+
+
+def _vqgen(*args: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "vqgen", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_holder(lock: Path, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if lock.exists() and lock.read_text().strip() == str(proc.pid):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("the first process never took the lock")
+
+
+def test_two_processes_never_share_a_run_folder(run_copy, data_root):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VQGEN_DATA": str(data_root), "PYTHONPATH": str(REPO)}
+    out = str(run_copy)
+    first = _vqgen("train-ae", "--out", out, "--resume", "--steps", "100000", "--save-every", "3", env=env)
+    try:
+        _wait_for_holder(run_copy / ckpt.LOCK, first)
+        others = [_vqgen("train-ae", "--out", out, *extra, env=env) for extra in (("--resume",), ("--force", *TINY))]
+        for other in others:
+            _, err = other.communicate(timeout=120)
+            assert other.returncode not in (0, None)
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: ") and f"PID {first.pid}" in lines[0], lines
+    finally:
+        first.send_signal(signal.SIGKILL)  # kill -9 must not leave a stale lock
+        first.wait(timeout=30)
+    resumed = run_cli("train-ae", "--out", out, "--resume", "--steps", str(state_step(run_copy) + 1))
+    assert resumed.code == 0, resumed.err
+
+
+# ----------------------------------------------------------------------------------------------- links and fsync
+
+
+def test_symlinked_files_in_a_run_folder_are_refused(run_copy, tmp_path):
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_text("")
+    (run_copy / ckpt.METRICS).unlink()
+    (run_copy / ckpt.METRICS).symlink_to(elsewhere)
+    assert_clean_error(run_cli("train-ae", "--out", str(run_copy), "--resume", "--steps", "13"), "symbolic link")
+    assert elsewhere.read_text() == ""
+    (run_copy / ckpt.METRICS).unlink()
+    weights = run_copy / ckpt.WEIGHTS
+    weights.rename(tmp_path / "other.safetensors")
+    weights.symlink_to(tmp_path / "other.safetensors")
+    assert_clean_error(run_cli("encode", "--ae", str(run_copy)), "symbolic link", "model.safetensors")
+
+
+def test_model_file_that_is_a_directory_or_fifo(run_copy):
+    weights = run_copy / ckpt.WEIGHTS
+    weights.unlink()
+    weights.mkdir()
+    assert_clean_error(run_cli("encode", "--ae", str(run_copy)), "is a directory")
+    weights.rmdir()
+    os.mkfifo(weights)
+    assert_clean_error(run_cli("encode", "--ae", str(run_copy)), "is a FIFO")  # and does not hang
+
+
+def test_atomic_writes_are_synced(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    ckpt.save_json(tmp_path / "x.json", {"a": 1})
+    assert len(synced) == 2 and synced[0].endswith(".tmp") and synced[1] == str(tmp_path)

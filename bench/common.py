@@ -69,6 +69,10 @@ def command_line(script: str, args) -> str:
 def vqgen(*args: str, env: dict | None = None) -> tuple[float, str]:
     """Run `python -m vqgen ARGS`; returns wall seconds and the output. Raises on failure."""
     cmd = [sys.executable, "-m", "vqgen", *map(str, args)]
+    source = os.environ.get("VQGEN_BENCH_SRC")
+    if source:  # a frozen copy of vqgen/, so that edits to the working tree cannot reach a running benchmark
+        entry = f"import sys; sys.path.insert(0, {source!r}); sys.argv[0] = 'vqgen'; from vqgen.cli import main; main()"
+        cmd = [sys.executable, "-c", entry, *map(str, args)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=REPO)
     seconds = time.perf_counter() - start

@@ -114,6 +114,9 @@ class AutoencoderTask(Task):
             stats |= adv_stats
         return loss, stats
 
+    def before_save(self) -> None:
+        self.model.renumber_codes()
+
     def after_step(self) -> None:
         if self.adversary is not None:
             self.adversary.discriminator_step()
@@ -337,6 +340,28 @@ def _train_in(
 def load_autoencoder(run: str | Path, device: torch.device | str = "cpu") -> tuple[VQVAE, dict]:
     """Build the VQ-VAE of a run folder from its config and load its validated weights."""
     return ckpt.load_model(run, KIND, lambda config: VQVAE(AEConfig.from_dict(config["model"])), device)
+
+
+def factorise_autoencoder(run: str | Path, factors: list[int], out: str | Path, force: bool = False) -> Path:
+    """Write a copy of autoencoder run `run` into `out` whose codes factorise as `factors` (vqgen.factorise): a
+    vq/ema/simvq codebook renumbered by balanced k-means, or fsq's levels grouped. The networks and the images they
+    make are the same; only the numbers of the codes change. The copy has no training state (it is not resumable).
+    """
+    from dataclasses import replace
+
+    model, config = load_autoencoder(run)
+    try:
+        cfg = replace(model.cfg, code_factors=list(factors))
+    except ValueError as e:
+        raise VQGenError(f"cannot factorise '{run}': {e}") from e
+    factorised = VQVAE(cfg)
+    factorised.load_state_dict(model.state_dict(), strict=False)  # all but the new code order
+    factorised.renumber_codes()
+    with ckpt.open_run(out, resume=False, force=force) as folder:
+        source = str(Path(run).resolve())
+        ckpt.write_config(folder.path, KIND, config | {"model": cfg.to_dict(), "factorised_from": source})
+        ckpt.save_tensors(folder.path / ckpt.WEIGHTS, factorised.state_dict())
+        return folder.commit()
 
 
 def data_config_of(config: dict) -> DataConfig:

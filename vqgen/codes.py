@@ -2,7 +2,8 @@
 
 A codes file is safetensors: `train.codes`, `test.codes` as (N, m, m) integer tensors, `train.labels` and
 `test.labels` where the data has labels, and metadata naming the codebook size, grid size, data set, number of
-classes, the autoencoder's run folder and the SHA-256 of its weights. A two-level autoencoder's file also holds
+classes, the autoencoder's run folder and the SHA-256 of its weights, and how a code factorises into sub-tokens
+(`factors`, vqgen.factorise; absent or [] for flat codes). A two-level autoencoder's file also holds
 `train.top`, `test.top` as (N, m/2, m/2) (metadata `levels` 2); `train.codes` is then its bottom grid.
 """
 
@@ -17,6 +18,7 @@ import torch
 from vqgen import checkpoint as ckpt
 from vqgen.data import Split, iterate_batches, pixel_batch, to_float
 from vqgen.errors import VQGenError
+from vqgen.factorise import check_factors
 from vqgen.metrics import codes_used, perplexity
 
 
@@ -35,6 +37,7 @@ class CodesFile:
     class_names: list[str] | None = None
     train_top: torch.Tensor | None = None  # (N, m/2, m/2): a two-level autoencoder's top grids
     test_top: torch.Tensor | None = None
+    factors: list[int] | None = None  # sub-vocabulary sizes of a code, most significant first (None: flat)
 
     @property
     def levels(self) -> int:
@@ -80,6 +83,7 @@ def save_codes(path: str | Path, codes: CodesFile) -> None:
         "ae_sha256": codes.ae_sha256,
         "class_names": json.dumps(codes.class_names),
         "levels": str(codes.levels),
+        "factors": json.dumps(codes.factors or []),
     }
     ckpt.save_tensors(path, tensors, meta)
 
@@ -95,7 +99,8 @@ def load_codes(path: str | Path) -> CodesFile:
     try:
         k, m, classes = int(meta["codebook_size"]), int(meta["grid_size"]), int(meta["num_classes"])
         class_names = json.loads(meta.get("class_names", "null"))
-    except (KeyError, ValueError) as e:
+        factors = check_factors(json.loads(meta.get("factors", "[]")), k)
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
         raise VQGenError(f"'{path}' has damaged metadata ({e}); encode the data again") from e
     levels = meta.get("levels", "1")
     if levels not in ("1", "2"):
@@ -143,6 +148,7 @@ def load_codes(path: str | Path) -> CodesFile:
         class_names,
         tops.get("train"),
         tops.get("test"),
+        factors or None,
     )
 
 
@@ -176,7 +182,8 @@ def encode_dataset(
 ) -> tuple[CodesFile, dict[str, float]]:
     """Encode the train and test split of a data set (default: the one the autoencoder was trained on)."""
     from vqgen.autoencoder import data_for, load_autoencoder
-    from vqgen.train import make_progress, resolve_device
+    from vqgen.progress import make_progress
+    from vqgen.train import resolve_device
 
     dev = resolve_device(device)
     model, config = load_autoencoder(ae_run, dev)
@@ -199,6 +206,7 @@ def encode_dataset(
         dataset.class_names,
         train_levels[0] if len(train_levels) == 2 else None,
         test_levels[0] if len(test_levels) == 2 else None,
+        model.cfg.code_factors or None,
     )
     save_codes(out, codes)
     counts = torch.bincount(train_codes.flatten(), minlength=model.cfg.codebook_size)

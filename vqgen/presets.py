@@ -19,6 +19,9 @@ class Preset:
     # Stage one. MNIST, 2 cores (AVX-512): 3000 steps of 64 reach 27.07 dB held-out in 3.0 min, where the earlier
     # 1500 steps of 128 (the same images seen) reached 26.39 dB: at a fixed budget, more and smaller steps win.
     codebook_size: int = 512
+    ae_quantizer: str = "ema"
+    fsq_levels: tuple[int, ...] = (8, 8, 8)  # the levels of the fsq quantizer, K their product
+    code_factors: tuple[int, ...] = ()  # sub-vocabulary sizes of a code (vqgen.factorise); (): flat codes
     ae_hidden: int = 128
     ae_steps: int = 3000
     ae_lr: float = 3e-3

@@ -122,6 +122,7 @@ def load_pipeline(
             f"autoencoder '{ae_dir}' makes {top_grid}² codes of K={ae.cfg.codebook_size}"
             + (" at its top level" if ae.cfg.levels == 2 else "")
         )
+    check_factors_match(prior, ae.cfg, prior_run, ae_dir)
     if (level == "top") != (ae.cfg.levels == 2):
         raise VQGenError(f"prior '{prior_run}' models {level} codes but autoencoder '{ae_dir}' has {ae.cfg.levels}")
     names = config.get("codes", {}).get("class_names")
@@ -137,6 +138,17 @@ def load_pipeline(
     elif bottom_run is not None:
         raise VQGenError(f"--bottom-prior is for two-level autoencoders, and '{ae_dir}' has one level of codes")
     return pipe
+
+
+def check_factors_match(prior: torch.nn.Module, ae_cfg, prior_run: str | Path, ae_dir: str | Path) -> None:
+    """A prior of sub-tokens must split codes as the autoencoder does (a flat prior serves any codes)."""
+    factors = prior.cfg.factors
+    if factors and factors != ae_cfg.code_factors:
+        made = "×".join(map(str, ae_cfg.code_factors)) if ae_cfg.code_factors else "flat codes"
+        raise VQGenError(
+            f"prior '{prior_run}' predicts codes as sub-tokens of {'×'.join(map(str, factors))}, but autoencoder "
+            f"'{ae_dir}' makes {made}; pass the autoencoder it learned from with --ae"
+        )
 
 
 def _load_bottom(
@@ -161,6 +173,7 @@ def _load_bottom(
             f"'{run}' is not a bottom prior of {sizes[1]}² codes of K={ae.cfg.codebook_size} given {sizes[0]}² top "
             "codes, as this autoencoder makes"
         )
+    check_factors_match(bottom, ae.cfg, run, "the top prior's autoencoder")
     recorded = config.get("ae", {}).get("sha256", "")
     if recorded and recorded != ae_sha256 and not ignore_hash:
         raise VQGenError(

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vqgen.factorise import balanced_order, check_factors, fsq_factor_groups
 from vqgen.quantize import QuantizerOutput, build_quantizer
 
 QUANTIZERS = ("vq", "ema", "simvq", "simvq-diag", "fsq")
@@ -46,6 +47,8 @@ class AEConfig:
     lookup_dim: int = 0  # d: nearest-neighbour lookup in a learned d-dimensional projection (0: in the full D)
     cosine: bool = False  # l2-normalise codes and encoder vectors before the lookup
     levels: int = 1  # 2: also a top grid at half the resolution, which the bottom is quantized and decoded with
+    # sub-vocabulary sizes whose product is K, most significant first ([]: flat codes); see vqgen.factorise
+    code_factors: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name, upper in _SIZE_BOUNDS.items():
@@ -69,11 +72,30 @@ class AEConfig:
                     "--lookup-dim, --cosine and --restart-below apply to vq, ema and simvq; fsq has no codebook lookup"
                 )
             self.codebook_size = math.prod(self.fsq_levels)
+        self.code_factors = check_factors(self.code_factors, self.codebook_size)
+        grouped = self.quantizer != "fsq" or fsq_factor_groups(self.fsq_levels, self.code_factors) is not None
+        if self.code_factors and not grouped:
+            raise ValueError(
+                f"fsq codes factorise into groups of levels, counted from the last level: {self.code_factors} are not "
+                f"products of contiguous groups of --fsq-levels {self.fsq_levels} (e.g. 8,8,8,6,5 → 240x64)"
+            )
+        if self.quantizer != "fsq" and len(self.code_factors) > 2:
+            raise ValueError(f"a {self.quantizer} codebook is renumbered into two sub-tokens, not {self.code_factors}")
 
     @property
     def grid_size(self) -> int:
         """m: the side of the code grid (the bottom grid of a two-level model)."""
         return self.image_size // self.downsample
+
+    @property
+    def factors(self) -> list[int]:
+        """The sub-vocabulary sizes of a code: [K] for flat codes."""
+        return self.code_factors or [self.codebook_size]
+
+    @property
+    def renumbered(self) -> bool:
+        """Whether codes are a flat codebook's, renumbered after training (fsq's factorise by construction)."""
+        return bool(self.code_factors) and self.quantizer != "fsq"
 
     @property
     def grid_sizes(self) -> list[int]:
@@ -201,6 +223,24 @@ class VQVAE(nn.Module):
         self.decoder = Decoder(cfg)
         self.quantizer = _quantizer(cfg)  # the bottom level's, in a two-level model
         self.top = TopLevel(cfg) if cfg.levels == 2 else None
+        if cfg.renumbered:
+            # code_order[level, new] = the quantizer's own index, top level first; identity until renumber_codes()
+            self.register_buffer("code_order", torch.arange(cfg.codebook_size).repeat(cfg.levels, 1))
+
+    def quantizers(self) -> list[nn.Module]:
+        """The quantizer of each level, top first."""
+        return [self.quantizer] if self.top is None else [self.top.quantizer, self.quantizer]
+
+    @torch.no_grad()
+    def renumber_codes(self) -> None:
+        """Renumber each level's codebook into sub-tokens (vqgen.factorise.balanced_order); a no-op for flat codes
+        and for fsq. It changes only the numbers that encode gives and decode takes, never the images."""
+        if not self.cfg.renumbered:
+            return
+        for level, quantizer in enumerate(self.quantizers()):
+            self.code_order[level] = balanced_order(quantizer.codebook().float(), self.cfg.code_factors).to(
+                self.code_order.device
+            )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
         """x (B, C, n, n) in [-1, 1] → reconstruction (B, C, n, n) and the quantizer's output (with .top for a
@@ -221,15 +261,28 @@ class VQVAE(nn.Module):
 
     @torch.no_grad()
     def encode_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x (B, C, n, n) → the code grid of each level, top first: [(B, m, m)] or [(B, m/2, m/2), (B, m, m)]."""
-        vq, _ = self._quantize(self.encoder(x))
-        return [vq.indices] if vq.top is None else [vq.top.indices, vq.indices]
+        """x (B, C, n, n) → the code grid of each level, top first: [(B, m, m)] or [(B, m/2, m/2), (B, m, m)].
+
+        Runs in eval mode whatever the model's mode: encoding never changes the codebook (k-means, EMA, restarts)."""
+        was_training = self.training
+        self.eval()
+        try:
+            vq, _ = self._quantize(self.encoder(x))
+        finally:
+            self.train(was_training)
+        grids = [vq.indices] if vq.top is None else [vq.top.indices, vq.indices]
+        if not self.cfg.renumbered:
+            return grids
+        rank = self.code_order.argsort(dim=1)  # (levels, K): rank[level, own index] = the renumbered code
+        return [rank[level][grid] for level, grid in enumerate(grids)]
 
     @torch.no_grad()
     def decode_levels(self, grids: list[torch.Tensor]) -> torch.Tensor:
         """The code grid of each level, top first → images (B, C, n, n) in [-1, 1] (unclamped)."""
         if len(grids) != self.cfg.levels:
             raise ValueError(f"this autoencoder has {self.cfg.levels} level(s) of codes, not {len(grids)}")
+        if self.cfg.renumbered:
+            grids = [self.code_order[level][grid] for level, grid in enumerate(grids)]
         if self.top is None:
             return self.decoder(self.quantizer.lookup(grids[0]))
         context = self.top.upsample(self.top.quantizer.lookup(grids[0]))  # (B, D, m, m)

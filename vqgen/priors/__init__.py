@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from vqgen.distributed import shard_rand
+from vqgen.factorise import check_factors
 
 ARCHS = ("transformer", "pixelcnn")
 _ARCH_ALIASES = {"pixelatt": "transformer"}
@@ -38,6 +39,9 @@ class PriorConfig:
     num_classes: int = 0  # 0 = unconditional; else labels 0..num_classes-1, and num_classes = null
     class_dropout: float = 0.1  # training-time probability of replacing the label by the null class
     context_grid: int = 0  # m_c > 0: conditioned on an m_c×m_c grid of codes in [0, K) (a two-level top grid)
+    # sub-vocabulary sizes of a code (vqgen.factorise), most significant first: G softmaxes of K_g, not one of K.
+    # [] is the flat K-way output.
+    factors: list[int] = field(default_factory=list)
     # transformer
     n_layer: int = 4
     n_head: int = 4
@@ -77,6 +81,11 @@ class PriorConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.pcnn_kernel < 3 or self.pcnn_kernel % 2 == 0:
             raise ValueError(f"pcnn_kernel must be odd and >= 3, not {self.pcnn_kernel}")
+        self.factors = check_factors(self.factors, self.codebook_size)
+
+    @property
+    def factorised(self) -> bool:
+        return len(self.factors) >= 2
 
     @property
     def seq_len(self) -> int:
@@ -157,22 +166,48 @@ class Prior(nn.Module):
     def __init__(self, cfg: PriorConfig):
         super().__init__()
         self.cfg = cfg
+        self.subtokens: nn.Module | None = None  # the architecture sets a SubtokenHead for factorised codes
+
+    def _outputs(self, codes: torch.Tensor, labels: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """codes (B, H, W) with H ≤ m rows, resolved labels (B,) and context → per raster position either the
+        logits (B, H·W, K) of flat codes or the hidden states (B, H·W, C) that the sub-token head reads.
+
+        Output i depends only on the codes at raster positions < i (and on the label and the context)."""
+        raise NotImplementedError
 
     def forward(
-        self, codes: torch.Tensor, labels: torch.Tensor | None = None, context: torch.Tensor | None = None
+        self,
+        codes: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        nll: bool = False,
     ) -> torch.Tensor:
         """codes (B, m, m) int64, labels (B,) or None, context (B, m_c, m_c) where the prior has one → logits
-        (B, m*m, K) in raster order.
+        (B, m*m, K) in raster order (for factorised codes the exact log-probabilities of all K codes, enumerated:
+        a test's view, dear at large K); or with nll=True the mean negative log-likelihood in nats per code.
 
         logits[:, i] depends only on the codes at raster positions < i (and on the label and the context).
         """
-        raise NotImplementedError
+        batch = codes.size(0)
+        out = self._outputs(codes, self.resolve_labels(labels, batch, codes.device), self.check_context(context, batch))
+        if nll:
+            if self.subtokens is None:
+                return code_cross_entropy(out, codes)
+            return self.subtokens.nll(out.reshape(-1, out.size(-1)), codes.reshape(-1)).mean()
+        if self.subtokens is None:
+            return out
+        return self.subtokens.log_probs(out.reshape(-1, out.size(-1))).view(batch, -1, self.cfg.codebook_size)
+
+    def draw_code(self, out: torch.Tensor, draw: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """One raster position's outputs (n, K) or (n, C) → its codes (n,): `draw` picks from each softmax (the
+        one K-way softmax, or each sub-token's in turn), so temperature, top-k/p and guidance act on each."""
+        return draw(out) if self.subtokens is None else self.subtokens.sample(out, draw)
 
     def loss(
         self, codes: torch.Tensor, labels: torch.Tensor | None = None, context: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Mean cross-entropy (nats per code) over all B·m·m codes."""
-        return code_cross_entropy(self(codes, self.training_labels(labels, codes), context), codes)
+        return self(codes, self.training_labels(labels, codes), context, nll=True)
 
     def check_context(self, context: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         """The context as this prior needs it: (B, m_c, m_c) int64 when it has one, else None; or a ValueError."""
@@ -295,8 +330,8 @@ class Prior(nn.Module):
         """Fill codes (n, T) in place from raster position `start` on. Default: a full forward per code."""
         n, m = codes.size(0), self.cfg.grid_size
         for i in range(start, self.cfg.seq_len):
-            logits = self(codes.view(n, m, m), labels, context)  # (n, T, K)
-            codes[:, i] = draw(logits[:, i])
+            out = self._outputs(codes.view(n, m, m), labels, context)  # (n, T, K) or (n, T, C)
+            codes[:, i] = self.draw_code(out[:, i], draw)
 
 
 def _draw_guided(logits: torch.Tensor, draw: Callable[[torch.Tensor], torch.Tensor], scale: float) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqgen.priors import Prior, PriorConfig
+from vqgen.priors.heads import SubtokenHead, code_embedding
 
 
 def shift_down(x: torch.Tensor) -> torch.Tensor:
@@ -82,31 +83,27 @@ class PixelCNNPrior(Prior):
         super().__init__(cfg)
         channels = cfg.pcnn_channels
         num_labels = cfg.num_classes + 1 if cfg.num_classes > 0 else 0
-        self.embed = nn.Embedding(cfg.codebook_size, channels)
+        self.embed = code_embedding(cfg.factors, cfg.codebook_size, channels)
         conditioned = cfg.context_grid > 0
         self.layers = nn.ModuleList(
             GatedLayer(channels, cfg.pcnn_kernel, num_labels, first=(i == 0), conditioned=conditioned)
             for i in range(cfg.pcnn_layers)
         )
         if conditioned:  # the conditioning stack: top codes → a map on the bottom grid
-            self.context_embed = nn.Embedding(cfg.codebook_size, channels)
+            self.context_embed = code_embedding(cfg.factors, cfg.codebook_size, channels)
             self.context_net = nn.Sequential(
                 nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1)
             )
-        self.head = nn.Sequential(
-            nn.ReLU(),
-            nn.Conv2d(channels, channels, 1),
-            nn.ReLU(),
-            nn.Conv2d(channels, cfg.codebook_size, 1),
-        )
+        # flat codes: the last 1×1 conv gives the K logits; factorised: the sub-token head reads the features
+        head = [nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU()]
+        if cfg.factorised:
+            self.subtokens = SubtokenHead(cfg.factors, channels)
+        else:
+            head.append(nn.Conv2d(channels, cfg.codebook_size, 1))
+        self.head = nn.Sequential(*head)
 
-    def forward(
-        self, codes: torch.Tensor, labels: torch.Tensor | None = None, context: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        batch = codes.size(0)
-        labels = self.resolve_labels(labels, batch, codes.device)
-        context_map = self.context_map(self.check_context(context, batch))
-        return self._logits(codes, labels, context_map)
+    def _outputs(self, codes: torch.Tensor, labels: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        return self._logits(codes, labels, self.context_map(context))
 
     def context_map(self, context: torch.Tensor | None) -> torch.Tensor | None:
         """Context grids (B, m_c, m_c) → the conditioning stack's map (B, C, m, m), or None without a context."""
@@ -124,8 +121,8 @@ class PixelCNNPrior(Prior):
         v, h = x, x
         for layer in self.layers:
             v, h = layer(v, h, labels, context_map)
-        logits = self.head(h)  # (B, K, H, W)
-        return logits.flatten(2).transpose(1, 2)  # (B, H*W, K), raster order
+        logits = self.head(h)  # (B, K, H, W), or features (B, C, H, W) for the sub-token head
+        return logits.flatten(2).transpose(1, 2)  # (B, H*W, K or C), raster order
 
     def _generate(
         self,
@@ -143,5 +140,5 @@ class PixelCNNPrior(Prior):
         context_map = self.context_map(context)
         for i in range(start, self.cfg.seq_len):
             row = i // m
-            logits = self._logits(grid[:, : row + 1], labels, context_map)  # (n, (row+1)*m, K)
-            codes[:, i] = draw(logits[:, i])
+            logits = self._logits(grid[:, : row + 1], labels, context_map)  # (n, (row+1)*m, K or C)
+            codes[:, i] = self.draw_code(logits[:, i], draw)

@@ -14,7 +14,7 @@ from vqgen.codes import CodesFile, load_codes
 from vqgen.data import iterate_batches
 from vqgen.errors import VQGenError
 from vqgen.presets import Preset, preset_for
-from vqgen.priors import Prior, PriorConfig, build_prior, code_cross_entropy
+from vqgen.priors import Prior, PriorConfig, build_prior
 from vqgen.train import (
     Task,
     TrainConfig,
@@ -98,7 +98,7 @@ def _loss(
 ) -> torch.Tensor:
     # Under DDP only the wrapper's forward synchronises gradients, so call it rather than `Prior.loss`.
     inner = model.module if hasattr(model, "module") else model
-    return code_cross_entropy(model(codes, inner.training_labels(labels, codes), context), codes)
+    return model(codes, inner.training_labels(labels, codes), context, nll=True)
 
 
 @torch.no_grad()
@@ -137,12 +137,14 @@ def train_prior(
     width: int | None = None,
     heads: int | None = None,
     level: str | None = None,
+    flat: bool = False,
 ) -> tuple[dict[str, float], Path]:
     """Fit a prior to the train codes of `codes_path` in run folder `out` (under torchrun: rank 0 writes).
 
     Unset training settings (steps, lr, batch size) and model size (`layers`, `width`, `heads`) take the defaults
     of the codes' data set (vqgen.presets). Codes of a two-level autoencoder need `level` 'top' (a prior over the
-    top grids) or 'bottom' (over the bottom grids, conditioned on the top ones).
+    top grids) or 'bottom' (over the bottom grids, conditioned on the top ones). Factorised codes get a prior that
+    predicts their sub-tokens (the codes file says how they factorise); `flat` asks for one K-way softmax instead.
     """
     run_dir = Path(out)
     if resume:
@@ -181,6 +183,7 @@ def train_prior(
         prior.codebook_size, prior.grid_size = codes.codebook_size, codes.grid_size
         prior.context_grid = codes.grid_size // 2 if level == "bottom" else 0
         prior.num_classes = codes.num_classes if conditional else 0
+        prior.factors = [] if flat else list(codes.factors or [])
     else:
         check_codes_match(saved, codes, codes_path, run_dir)
     # Locked for this process until it returns; a new run is staged until its first checkpoint (RunFolder).
@@ -251,6 +254,13 @@ def check_codes_match(prior_config: dict, codes: CodesFile, codes_path: str | Pa
         raise VQGenError(
             f"'{codes_path}' holds {codes.grid_size}×{codes.grid_size} grids of K={codes.codebook_size} codes, but the "
             f"prior in '{run_dir}' models {model['grid_size']}×{model['grid_size']} grids of K={model['codebook_size']}"
+        )
+    factors = model.get("factors") or []
+    if factors and factors != (codes.factors or []):
+        raise VQGenError(
+            f"the prior in '{run_dir}' predicts codes as sub-tokens of {'×'.join(map(str, factors))}, but "
+            f"'{codes_path}' factorises them as {'×'.join(map(str, codes.factors or [codes.codebook_size]))}; "
+            "encode with the prior's autoencoder or train a new prior"
         )
     recorded = prior_config.get("ae", {}).get("sha256")
     if recorded and codes.ae_sha256 != recorded:

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqgen.priors import Prior, PriorConfig
+from vqgen.priors.heads import SubtokenHead, code_embedding
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, each (B, n_head, P, head_dim)
 
@@ -84,15 +85,19 @@ class TransformerPrior(Prior):
         super().__init__(cfg)
         # The start token doubles as the class embedding; unconditional models have one entry (null = 0).
         self.start_emb = nn.Embedding(cfg.num_classes + 1, cfg.n_embd)
-        self.tok_emb = nn.Embedding(cfg.codebook_size, cfg.n_embd)
+        factors = cfg.factors
+        self.tok_emb = code_embedding(factors, cfg.codebook_size, cfg.n_embd)
         self.context_len = cfg.context_grid**2
         # a bottom prior reads the top grid first, with its own code embedding (the top codebook is another one)
-        self.context_emb = nn.Embedding(cfg.codebook_size, cfg.n_embd) if self.context_len else None
+        self.context_emb = code_embedding(factors, cfg.codebook_size, cfg.n_embd) if self.context_len else None
         self.pos_emb = nn.Embedding(self.context_len + cfg.seq_len, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
-        self.head = nn.Linear(cfg.n_embd, cfg.codebook_size)
+        if cfg.factorised:
+            self.subtokens = SubtokenHead(factors, cfg.n_embd)
+        else:
+            self.head = nn.Linear(cfg.n_embd, cfg.codebook_size)
 
         self.apply(self._init_weights)
         # GPT-2: scale the projections that write into the residual stream by depth, so its variance
@@ -122,7 +127,8 @@ class TransformerPrior(Prior):
         return torch.cat(parts, dim=1)
 
     def _decode(self, x: torch.Tensor, past: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
-        """Input embeddings x (B, T, C) that follow the P cached positions → logits (B, T, K), new cache."""
+        """Input embeddings x (B, T, C) that follow the P cached positions → logits (B, T, K) (factorised codes:
+        the final hidden states (B, T, C) for the sub-token head), new cache."""
         P = 0 if past is None else past[0][0].size(2)
         positions = torch.arange(P, P + x.size(1), device=x.device)
         x = self.drop(x + self.pos_emb(positions))  # (B, T, C)
@@ -130,14 +136,11 @@ class TransformerPrior(Prior):
         for i, block in enumerate(self.blocks):
             x, kv = block(x, None if past is None else past[i])
             presents.append(kv)
-        return self.head(self.ln_f(x)), presents  # (B, T, K)
+        x = self.ln_f(x)
+        return (x if self.cfg.factorised else self.head(x)), presents  # (B, T, K) or (B, T, C)
 
-    def forward(
-        self, codes: torch.Tensor, labels: torch.Tensor | None = None, context: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def _outputs(self, codes: torch.Tensor, labels: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         batch = codes.size(0)
-        labels = self.resolve_labels(labels, batch, codes.device)
-        context = self.check_context(context, batch)
         tokens = codes.reshape(batch, -1)  # (B, T)
         # The last code is never an input: nothing comes after it.
         logits, _ = self._decode(self._embed_inputs(tokens[:, :-1], labels, context))  # (B, T_c+T, K)
@@ -161,6 +164,6 @@ class TransformerPrior(Prior):
         # One pass over [context, start token, prefix] fills the cache and predicts the first free position.
         logits, past = self._decode(self._embed_inputs(codes[:, :start], labels, context))  # (n, T_c+start+1, K)
         for i in range(start, seq_len):
-            codes[:, i] = draw(logits[:, -1])
+            codes[:, i] = self.draw_code(logits[:, -1], draw)
             if i + 1 < seq_len:
                 logits, past = self._decode(self.tok_emb(codes[:, i : i + 1]), past)  # (n, 1, K)

@@ -1,0 +1,203 @@
+"""Factorised codes: sub-token priors are exact, renumbering and grouping are bijections, sampling agrees with
+itself, and an inconsistent factorisation is refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import run_cli
+from test_priors import ARCHS, M, T, random_codes, tiny_prior
+
+from vqgen.factorise import balanced_order, check_factors, fsq_factor_groups, join_codes, parse_factors, split_codes
+from vqgen.vqvae import VQVAE, AEConfig
+
+FACTORS = [4, 4]  # K = 16, as test_priors' tiny priors
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_split_and_join_are_inverse_in_mixed_radix():
+    factors = [3, 5, 2]
+    codes = torch.arange(30)
+    digits = split_codes(codes, factors)
+    assert digits[0].tolist()[:11] == [0] * 10 + [1]  # the first sub-token is the most significant
+    assert torch.equal(join_codes(digits, factors), codes)
+    assert parse_factors("128x128") == [128, 128] and parse_factors("8,4,2") == [8, 4, 2] and parse_factors("none") == []
+    with pytest.raises(ValueError, match="multiply"):
+        check_factors([4, 5], 16)
+    with pytest.raises(ValueError, match="each ≥ 2"):
+        check_factors([16, 1], 16)
+    with pytest.raises(ValueError):
+        parse_factors("12x-")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_factorised_prior_is_an_exact_distribution_over_all_codes(arch: str, num_classes: int):
+    prior = tiny_prior(arch, num_classes=num_classes, factors=FACTORS)
+    codes = random_codes(3)
+    labels = torch.tensor([0, 1, 2]) if num_classes else None
+    with torch.no_grad():
+        logp = prior(codes, labels)  # (3, T, K) by enumeration of the sub-tokens
+        hidden = prior._outputs(codes, prior.resolve_labels(labels, 3, codes.device), None)  # (3, T, C)
+        nll = prior(codes, labels, nll=True)
+    assert logp.shape == (3, T, 16)
+    assert torch.allclose(logp.exp().sum(-1), torch.ones(3, T), atol=1e-5)
+    # log p(c) = log p(a) + log p(b | a), each from its own head
+    head = prior.subtokens
+    h = hidden.reshape(-1, hidden.size(-1))
+    a, b = split_codes(codes.reshape(-1), FACTORS)
+    log_a = head.out[0](h).log_softmax(-1).gather(1, a[:, None]).squeeze(1)
+    log_b = head.out[1](head._advance(h, 0, a)).log_softmax(-1).gather(1, b[:, None]).squeeze(1)
+    picked = logp.reshape(-1, 16).gather(1, codes.reshape(-1, 1)).squeeze(1)
+    assert torch.allclose(picked, log_a + log_b, atol=1e-5)
+    assert nll.item() == pytest.approx(-picked.mean().item(), abs=1e-5)  # held-out bits are exact
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_factorised_prior_stays_causal(arch: str):
+    prior = tiny_prior(arch, factors=FACTORS)
+    base = random_codes(1).view(1, T)
+    batch = base.repeat(T + 1, 1)
+    for j in range(T):
+        batch[j + 1, j] = (batch[j + 1, j] + 1) % 16
+    with torch.no_grad():
+        logp = prior(batch.view(T + 1, M, M))
+    changed = (logp[1:] - logp[:1]).abs().amax(-1) > 1e-5  # [j, i]
+    assert not changed.tril().any()  # output i never moves with code j ≥ i
+    assert changed.triu(1).any()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_flat_prior_loss_is_the_k_way_cross_entropy(arch: str):
+    prior = tiny_prior(arch)
+    codes = random_codes(2)
+    with torch.no_grad():
+        logits = prior(codes)
+        expected = F.cross_entropy(logits.reshape(-1, 16), codes.reshape(-1))
+        assert torch.equal(prior(codes, nll=True), expected)
+    names = set(prior.state_dict())
+    assert not any(n.startswith("subtokens.") for n in names)  # a flat prior keeps the layout of older run folders
+    assert ("head.weight" if arch == "transformer" else "head.3.weight") in names
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("guidance", [None, 2.0])
+def test_cached_sampling_equals_uncached_with_factorised_codes(arch: str, guidance: float | None):
+    prior = tiny_prior(arch, num_classes=3, class_dropout=0.1, factors=FACTORS)
+    labels = torch.tensor([0, 1, 2, 1])
+
+    def draw(use_cache: bool, seed: int = 5) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return prior.sample(
+            4, labels=labels, generator=generator, use_cache=use_cache, guidance=guidance, top_k=3, top_p=0.9
+        )
+
+    cached = draw(True)
+    assert torch.equal(cached, draw(False))
+    assert torch.equal(cached, draw(True))  # a fixed seed reproduces
+    assert not torch.equal(cached, draw(True, seed=6))
+    assert cached.min() >= 0 and cached.max() < 16
+
+
+def test_top_k_one_picks_the_most_likely_sub_token_at_each_step():
+    prior = tiny_prior("transformer", factors=FACTORS)
+    with torch.no_grad():
+        code = prior.sample(1, top_k=1, generator=torch.Generator().manual_seed(0))[0, 0, 0]
+        start = prior._outputs(torch.zeros(1, M, M, dtype=torch.long), prior.resolve_labels(None, 1, "cpu"), None)
+        h = start[:, 0]
+        a = prior.subtokens.out[0](h).argmax(-1)
+        b = prior.subtokens.out[1](prior.subtokens._advance(h, 0, a)).argmax(-1)
+    assert int(code) == int(a) * 4 + int(b)
+
+
+def tiny_ae(**overrides) -> VQVAE:
+    torch.manual_seed(0)
+    cfg = dict(image_size=16, channels=3, hidden=16, res_hidden=8, embed_dim=8, codebook_size=16, kmeans_init=False)
+    return VQVAE(AEConfig(**{**cfg, **overrides})).eval()
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_renumbering_a_codebook_is_a_bijection_that_keeps_the_images(levels: int):
+    flat = tiny_ae(levels=levels)
+    renumbered = tiny_ae(levels=levels, code_factors=FACTORS)
+    renumbered.load_state_dict(flat.state_dict(), strict=False)
+    renumbered.renumber_codes()
+    for order in renumbered.code_order:
+        assert sorted(order.tolist()) == list(range(16))
+        assert not torch.equal(order, torch.arange(16))  # the codes really were renumbered
+    x = torch.rand(6, 3, 16, 16) * 2 - 1
+    flat_codes = flat.encode_levels(x)
+    codes = renumbered.encode_levels(x)
+    for level, (own, new) in enumerate(zip(flat_codes, codes, strict=True)):
+        assert torch.equal(renumbered.code_order[level][new], own)  # join(factorise(c)) = c
+    assert torch.equal(renumbered.decode_levels(codes), flat.decode_levels(flat_codes))
+
+
+def test_balanced_renumbering_groups_near_codes_and_is_deterministic():
+    # four well-separated clusters of four codes: the first sub-token must be the cluster
+    centres = torch.tensor([[10.0, 0], [-10, 0], [0, 10], [0, -10]])
+    codebook = (centres[:, None, :] + 0.1 * torch.randn(4, 4, 2, generator=torch.Generator().manual_seed(1))).reshape(
+        16, 2
+    )
+    order = balanced_order(codebook[torch.randperm(16, generator=torch.Generator().manual_seed(2))], FACTORS)
+    shuffled = codebook[torch.randperm(16, generator=torch.Generator().manual_seed(2))]
+    clusters = shuffled[order].view(4, 4, 2)  # codes by their new first sub-token
+    assert (clusters.std(dim=1).amax() < 1).item()
+    rng = torch.get_rng_state()
+    assert torch.equal(balanced_order(shuffled, FACTORS), order)
+    assert torch.equal(torch.get_rng_state(), rng)  # a resumed run stays bit-identical
+
+
+def test_fsq_factorises_by_groups_of_levels():
+    assert fsq_factor_groups([8, 8, 8, 6, 5], [240, 64]) == [[8, 6, 5], [8, 8]]
+    assert fsq_factor_groups([8, 8, 8, 6, 5], [64, 240]) is None
+    with pytest.raises(ValueError, match="groups of levels"):
+        AEConfig(quantizer="fsq", fsq_levels=[8, 8, 8, 6, 5], code_factors=[64, 240])
+    ae = tiny_ae(quantizer="fsq", fsq_levels=[4, 2, 2], code_factors=[4, 4])
+    assert not hasattr(ae, "code_order")  # fsq's own index is the factorised one
+    with pytest.raises(ValueError, match="two sub-tokens"):
+        AEConfig(codebook_size=16, code_factors=[2, 2, 4])
+
+
+def test_factorised_pipeline_end_to_end_on_shapes(in_tmp):
+    small = ("--hidden", "32", "--embed-dim", "16", "--codebook-size", "64", "--batch-size", "16")
+    bad = run_cli("train-ae", "--steps", "2", *small, "--code-factors", "8x4")
+    assert bad.code != 0 and "multiply" in bad.err and "Traceback" not in bad.err
+    result = run_cli("train-ae", "--steps", "6", *small, "--code-factors", "8x8")
+    assert result.code == 0, result.err
+    assert json.loads((in_tmp / "runs/ae/config.json").read_text())["model"]["code_factors"] == [8, 8]
+    assert run_cli("encode").code == 0
+    from vqgen.codes import load_codes
+
+    assert load_codes(in_tmp / "runs/codes.safetensors").factors == [8, 8]
+    flags = ("--steps", "4", "--batch-size", "16", "--layers", "1", "--width", "32", "--eval-every", "0")
+    result = run_cli("train-prior", *flags)
+    assert result.code == 0, result.err
+    assert json.loads((in_tmp / "runs/prior/config.json").read_text())["model"]["factors"] == [8, 8]
+    result = run_cli("sample", "--n", "4", "--top-k", "5", "--temperature", "0.9")
+    assert result.code == 0, result.err
+    result = run_cli("complete", "--image", "samples/000.png", "--keep-rows", "3", "--n", "2")
+    assert result.code == 0, result.err
+
+    # a flat prior over the same codes, and another factorisation of the same autoencoder
+    result = run_cli("train-prior", *flags, "--flat", "--out", "runs/prior-flat", "--arch", "pixelcnn")
+    assert result.code == 0, result.err
+    assert json.loads((in_tmp / "runs/prior-flat/config.json").read_text())["model"]["factors"] == []
+    assert run_cli("sample", "--n", "2", "--prior", "runs/prior-flat").code == 0
+    result = run_cli("factorise", "--ae", "runs/ae", "--factors", "16x4", "--out", "runs/ae-16x4")
+    assert result.code == 0, result.err
+    mismatch = run_cli("sample", "--n", "2", "--ae", "runs/ae-16x4", "--ignore-hash")
+    assert mismatch.code != 0 and "sub-tokens" in mismatch.err and "Traceback" not in mismatch.err
+    assert run_cli("encode", "--ae", "runs/ae-16x4", "--out", "runs/codes-16x4.safetensors").code == 0
+    other = run_cli("train-prior", "--resume", "--codes", "runs/codes-16x4.safetensors", "--steps", "6")
+    assert other.code != 0 and "factorises" in other.err and "Traceback" not in other.err

@@ -46,7 +46,8 @@ from vqgen.metrics import (
     psnr_from_mse,
     ssim,
 )
-from vqgen.train import autocast, make_progress, resolve_device, resolve_precision
+from vqgen.progress import make_progress
+from vqgen.train import autocast, resolve_device, resolve_precision
 from vqgen.vqvae import VQVAE
 
 EVAL_FILE = "eval.json"
@@ -230,7 +231,7 @@ def train_classifier(
     """Fit a Classifier on the labelled train split as `recipe` says (AdamW, linear warm-up and decay to 0); returns
     it and the seconds taken.
 
-    `progress` is a live rich Progress (see train.make_progress) to show a bar in, or None for none."""
+    `progress` is a live rich Progress (see vqgen.progress.make_progress) to show a bar in, or None for none."""
     channels, size, _ = data.image_shape
     train = data.train
     t0 = time.perf_counter()

@@ -288,7 +288,7 @@ class _progress:
     def __enter__(self):
         if self.total < PROGRESS_FROM:
             return lambda n: None
-        from vqgen.train import make_progress
+        from vqgen.progress import make_progress
 
         self.bar = make_progress()
         self.bar.start()

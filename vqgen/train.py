@@ -25,6 +25,7 @@ import torch.nn as nn
 from vqgen import checkpoint as ckpt
 from vqgen.distributed import all_reduce_sum, is_distributed, rank_and_world
 from vqgen.errors import TrainingInterrupted, VQGenError
+from vqgen.progress import make_progress
 
 
 @dataclass
@@ -512,28 +513,6 @@ class _SignalCatcher:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def make_progress(console=None):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("<"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-    )
 
 
 def fit(

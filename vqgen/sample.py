@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -67,6 +69,122 @@ class Pipeline:
             return torch.full((self.num_classes,), 1.0 / self.num_classes)
         counts = torch.tensor(counts, dtype=torch.float64)
         return counts / counts.sum()
+
+    @classmethod
+    def load(
+        cls,
+        prior_run: str | Path,
+        device: str | torch.device = "cpu",
+        *,
+        ae: str | Path | None = None,
+        bottom: str | Path | None = None,
+        precision: str = "auto",
+        ignore_hash: bool = False,
+    ) -> Pipeline:
+        """The prior of run folder `prior_run` with the autoencoder whose codes it learned, found as `vqgen sample`
+        finds it (beside the prior, then where it was trained; `ae` overrides), in eval mode on `device` ("cpu",
+        "cuda", "cuda:N", "mps" or "auto"). A two-level autoencoder's bottom prior is `bottom` (default: the
+        prior's folder + "-bottom"). `precision` is the autoencoder's autocast, as `vqgen sample --precision`."""
+        return load_pipeline(prior_run, str(device), ae, ignore_hash, precision, bottom)
+
+    def generate(
+        self,
+        n: int,
+        classes: ClassSpec = None,
+        *,
+        guidance: float | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        batch_size: int = 64,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """n new images, uint8 (n, C, H, W) on the CPU; writes nothing. The same arguments give the same images as
+        `vqgen sample` (`--n`, `--class`, ...) writes.
+
+        `classes`: None (a class-conditional prior samples every class, counts differing by at most one), a class
+        index or name, a list of them (cycled over), "all", "none" (classes drawn from the training labels'
+        frequencies) or "null" (the null class). `guidance` None takes the scale the prior recorded (if any)."""
+        return self.decode(
+            self.generate_codes(
+                n,
+                classes,
+                guidance=guidance,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                seed=seed,
+                batch_size=batch_size,
+                use_cache=use_cache,
+            )
+        )
+
+    def generate_codes(
+        self,
+        n: int,
+        classes: ClassSpec = None,
+        *,
+        guidance: float | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        batch_size: int = 64,
+        use_cache: bool = True,
+    ) -> list[torch.Tensor]:
+        """The code grids `generate` decodes, one int64 (n, m_l, m_l) per level, top first."""
+        if n < 1:
+            raise VQGenError(f"n must be at least 1, not {n}")
+        opts = SamplingOptions(temperature, top_k, top_p, batch_size, seed, use_cache, guidance)
+        labels, _ = resolve_classes(self, class_args(classes), n, seed)
+        return sample_levels(self, n, labels, opts)
+
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """images (B, C, H, W), uint8 in [0, 255] or float in [-1, 1] → the code grid of each level, top first, on
+        the CPU (under the pipeline's precision, as `complete` encodes)."""
+        from vqgen.train import autocast
+
+        with autocast(self.device, self.precision):  # the quantizer's distances stay in fp32 regardless
+            return [g.cpu() for g in self.ae.encode_levels(images.to(self.device))]
+
+    def decode(self, levels: list[torch.Tensor], batch_size: int = 256) -> torch.Tensor:
+        """The code grid of each level, top first → uint8 images (N, C, H, W) on the CPU."""
+        return decode_codes(self, levels, batch_size)
+
+    def complete(
+        self,
+        images: torch.Tensor,
+        keep_rows: int,
+        n: int = 8,
+        *,
+        label: int | str | None = None,
+        guidance: float | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+    ) -> torch.Tensor:
+        """Keep the first `keep_rows` rows of each image's codes (the top grid's, two-level) and sample the rest n
+        times: images (I, C, H, W), uint8 or float in [-1, 1] → uint8 completions (I, n, C, H, W); writes nothing.
+        The same arguments give the completions `vqgen complete` draws."""
+        opts = SamplingOptions(temperature, top_k, top_p, seed=seed, guidance=guidance)
+        _, completed = complete_levels(self, images, keep_rows, n, opts, None if label is None else str(label))
+        return self.decode(completed).view(len(images), n, *images.shape[1:])
+
+
+ClassSpec = int | str | Sequence[int | str] | None
+
+
+def class_args(classes: ClassSpec) -> list[str]:
+    """A Python `classes` argument → the --class values resolve_classes reads."""
+    if classes is None:
+        return []
+    if isinstance(classes, (int, str)):
+        return [str(classes)]
+    if isinstance(classes, torch.Tensor):
+        classes = classes.tolist()
+    return [str(c) for c in classes]
 
 
 def load_pipeline(
@@ -204,12 +322,7 @@ def resolve_classes(
         generator = torch.Generator().manual_seed(seed)
         return torch.multinomial(pipe.class_frequencies(), n, replacement=True, generator=generator), None
     if classes == ["all"]:
-        cols = math.ceil(math.sqrt(n))
-        rows = math.ceil(n / cols)
-        if rows >= pipe.num_classes:  # a square grid with whole rows per class
-            return (torch.arange(n) // cols) * pipe.num_classes // rows, cols
-        per_row = math.ceil(n / pipe.num_classes)  # else one (longer) row per class
-        return torch.arange(n) // per_row, per_row
+        return balanced_classes(n, pipe.num_classes)
     ids = []
     for c in classes:
         if c.lstrip("-").isdigit():
@@ -223,6 +336,28 @@ def resolve_classes(
             raise VQGenError(f"--class {idx} is out of range: this prior has classes 0..{pipe.num_classes - 1}")
         ids.append(idx)
     return torch.tensor(ids)[torch.arange(n) % len(ids)], None
+
+
+MAX_GRID_ASPECT = 9  # rows/columns (or columns/rows) beyond which whole rows per class give way to a square grid
+
+
+def balanced_classes(n: int, num_classes: int) -> tuple[torch.Tensor, int]:
+    """Labels (n,) in class order whose counts differ by at most one, and the grid's images per row.
+
+    Class-feature Fréchet distances depend on class balance, so balance comes first. When every class gets the
+    same count, the row length is the divisor of that count closest to a square grid, so each class fills whole
+    rows; otherwise (or when that grid would be too far from square) the grid is square and classes share rows."""
+    labels = torch.arange(n) * num_classes // n  # runs of ⌊n/k⌋ or ⌈n/k⌉ of each class, in order
+    square = math.ceil(math.sqrt(n))
+    if n % num_classes:
+        return labels, square
+    per_class = n // num_classes
+
+    def aspect(cols: int) -> Fraction:  # exact, so that ties go the same way on every machine
+        return max(Fraction(cols * cols, n), Fraction(n, cols * cols))
+
+    cols = min((d for d in range(1, per_class + 1) if per_class % d == 0), key=lambda d: (aspect(d), -d))
+    return labels, cols if aspect(cols) <= MAX_GRID_ASPECT else square
 
 
 @torch.no_grad()
@@ -364,7 +499,7 @@ def sample(
     levels = sample_levels(pipe, n, labels, opts)
     _sync(pipe.device)
     t1 = time.perf_counter()
-    images = decode_codes(pipe, levels)
+    images = pipe.decode(levels)
     _sync(pipe.device)
     t2 = time.perf_counter()
     digits = max(3, len(str(n - 1)))
@@ -403,6 +538,24 @@ def complete(
     from vqgen.images import load_image
 
     cfg = pipe.ae.cfg
+    if not image_paths:
+        raise VQGenError("give at least one --image FILE")
+    originals = torch.stack([load_image(p, cfg.channels, cfg.image_size) for p in image_paths])  # (I, C, n, n)
+    codes, completed = complete_levels(pipe, originals, keep_rows, n, opts, label)
+    kept = pipe.decode(codes)
+    kept[:, :, keep_rows * cfg.image_size // cfg.grid_sizes[0] :, :] = 128
+    samples = pipe.decode(completed).view(len(image_paths), n, *originals.shape[1:])
+    rows = [torch.cat([originals[i : i + 1], kept[i : i + 1], samples[i]]) for i in range(len(image_paths))]
+    return save_grid(torch.cat(rows), Path(out) / "completions.png", nrow=n + 2, scale=2)
+
+
+def complete_levels(
+    pipe: Pipeline, images: torch.Tensor, keep_rows: int, n: int, opts: SamplingOptions, label: str | None = None
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """images (I, C, H, W), uint8 or float in [-1, 1] → their code grids per level and, per level, the (I·n, m_l,
+    m_l) grids of n completions of each that keep the first `keep_rows` rows of the top grid (and the same part of
+    the image at the bottom level)."""
+    cfg = pipe.ae.cfg
     sizes = cfg.grid_sizes
     m = sizes[0]
     if not 1 <= keep_rows < m:
@@ -410,23 +563,16 @@ def complete(
         raise VQGenError(f"--keep-rows must be between 1 and {m - 1} (the {which} has {m} rows), not {keep_rows}")
     if n < 1:
         raise VQGenError(f"--n must be at least 1, not {n}")
-    if not image_paths:
-        raise VQGenError("give at least one --image FILE")
-    originals = torch.stack([load_image(p, cfg.channels, cfg.image_size) for p in image_paths])  # (I, C, n, n)
-    from vqgen.data import to_float
-    from vqgen.train import autocast
-
-    with autocast(pipe.device, pipe.precision):  # the quantizer's distances stay in fp32 regardless
-        codes = [g.cpu() for g in pipe.ae.encode_levels(to_float(originals).to(pipe.device))]  # (I, m_l, m_l) each
-    labels, _ = resolve_classes(pipe, [label] if label is not None else [], len(image_paths) * n, opts.seed)
+    expected = (cfg.channels, cfg.image_size, cfg.image_size)
+    if images.dim() != 4 or len(images) == 0 or tuple(images.shape[1:]) != expected:
+        raise VQGenError(
+            f"images must be (I, {', '.join(map(str, expected))}) for this autoencoder, not {tuple(images.shape)}"
+        )
+    codes = pipe.encode(images)  # (I, m_l, m_l) each
+    labels, _ = resolve_classes(pipe, [label] if label is not None else [], len(images) * n, opts.seed)
     prefixes = [g.repeat_interleave(n, dim=0) for g in codes]  # (I·n, m_l, m_l) each
     prefix_lens = [keep_rows * (side // m) * side for side in sizes]  # the same upper part of the image
-    completed = sample_levels(pipe, len(prefixes[0]), labels, opts, prefixes, prefix_lens)
-    kept = decode_codes(pipe, codes)
-    kept[:, :, keep_rows * cfg.image_size // m :, :] = 128
-    samples = decode_codes(pipe, completed).view(len(image_paths), n, *originals.shape[1:])
-    rows = [torch.cat([originals[i : i + 1], kept[i : i + 1], samples[i]]) for i in range(len(image_paths))]
-    return save_grid(torch.cat(rows), Path(out) / "completions.png", nrow=n + 2, scale=2)
+    return codes, sample_levels(pipe, len(prefixes[0]), labels, opts, prefixes, prefix_lens)
 
 
 def _sync(device: torch.device) -> None:

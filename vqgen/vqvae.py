@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vqgen.data import to_float
 from vqgen.factorise import balanced_order, check_factors, fsq_factor_groups
 from vqgen.quantize import QuantizerOutput, build_quantizer
 
@@ -263,7 +264,10 @@ class VQVAE(nn.Module):
     def encode_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x (B, C, n, n) → the code grid of each level, top first: [(B, m, m)] or [(B, m/2, m/2), (B, m, m)].
 
+        x is uint8 in [0, 255] or float in [-1, 1] (vqgen.data.to_float maps the one to the other).
         Runs in eval mode whatever the model's mode: encoding never changes the codebook (k-means, EMA, restarts)."""
+        if x.dtype == torch.uint8:
+            x = to_float(x)
         was_training = self.training
         self.eval()
         try:
@@ -289,11 +293,12 @@ class VQVAE(nn.Module):
         return self.decoder(torch.cat([self.quantizer.lookup(grids[1]), context], dim=1))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, C, n, n) → code grid (B, m, m) of a one-level model."""
+        """x (B, C, n, n), uint8 in [0, 255] or float in [-1, 1] → code grid (B, m, m) int64 of a one-level model."""
         return self._only(self.encode_levels(x))
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """code grid (B, m, m) of a one-level model → images (B, C, n, n) in [-1, 1] (unclamped)."""
+        """code grid (B, m, m) of a one-level model → float images (B, C, n, n) in [-1, 1], unclamped
+        (vqgen.data.to_uint8 clamps and rounds them to uint8)."""
         return self.decode_levels([indices])
 
     def _only(self, grids: list[torch.Tensor]) -> torch.Tensor:

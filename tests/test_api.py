@@ -139,6 +139,8 @@ def test_generate_is_reproducible_honours_classes_and_matches_sample(runs, monke
     assert torch.equal(pipe.decode(codes), images)
     with pytest.raises(VQGenError, match="not a class"):
         pipe.generate(2, classes="hexagon")
+    with pytest.raises(VQGenError, match="^top_k must be between 1 and K=32"):  # the argument, not --top-k
+        pipe.generate(2, top_k=33)
 
     # `vqgen sample` with the same arguments writes the same images, and generate writes nothing
     before = sorted(p.relative_to(runs) for p in runs.rglob("*"))

@@ -31,18 +31,24 @@ class SamplingOptions:
     seed: int = 0
     use_cache: bool = True
     guidance: float | None = None  # None: the scale recorded in the prior's config.json (else no guidance)
+    from_python: bool = False  # errors name the Python argument (top_k), not the flag (--top-k)
 
     def validate(self, codebook_size: int) -> None:
+        def name(flag: str) -> str:
+            return flag.removeprefix("--").replace("-", "_") if self.from_python else flag
+
         if self.guidance is not None and not (self.guidance >= 0 and math.isfinite(self.guidance)):
-            raise VQGenError(f"--guidance must be a number >= 0 (1 = plain conditional sampling), not {self.guidance}")
+            raise VQGenError(
+                f"{name('--guidance')} must be a number >= 0 (1 = plain conditional sampling), not {self.guidance}"
+            )
         if not self.temperature > 0:
-            raise VQGenError(f"--temperature must be > 0, not {self.temperature}")
+            raise VQGenError(f"{name('--temperature')} must be > 0, not {self.temperature}")
         if self.top_k is not None and not 1 <= self.top_k <= codebook_size:
-            raise VQGenError(f"--top-k must be between 1 and K={codebook_size}, not {self.top_k}")
+            raise VQGenError(f"{name('--top-k')} must be between 1 and K={codebook_size}, not {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise VQGenError(f"--top-p must be in (0, 1], not {self.top_p}")
+            raise VQGenError(f"{name('--top-p')} must be in (0, 1], not {self.top_p}")
         if self.batch_size < 1:
-            raise VQGenError(f"--batch-size must be at least 1, not {self.batch_size}")
+            raise VQGenError(f"{name('--batch-size')} must be at least 1, not {self.batch_size}")
 
 
 @dataclass
@@ -136,7 +142,7 @@ class Pipeline:
         """The code grids `generate` decodes, one int64 (n, m_l, m_l) per level, top first."""
         if n < 1:
             raise VQGenError(f"n must be at least 1, not {n}")
-        opts = SamplingOptions(temperature, top_k, top_p, batch_size, seed, use_cache, guidance)
+        opts = SamplingOptions(temperature, top_k, top_p, batch_size, seed, use_cache, guidance, from_python=True)
         labels, _ = resolve_classes(self, class_args(classes), n, seed)
         return sample_levels(self, n, labels, opts)
 
@@ -168,7 +174,7 @@ class Pipeline:
         """Keep the first `keep_rows` rows of each image's codes (the top grid's, two-level) and sample the rest n
         times: images (I, C, H, W), uint8 or float in [-1, 1] → uint8 completions (I, n, C, H, W); writes nothing.
         The same arguments give the completions `vqgen complete` draws."""
-        opts = SamplingOptions(temperature, top_k, top_p, seed=seed, guidance=guidance)
+        opts = SamplingOptions(temperature, top_k, top_p, seed=seed, guidance=guidance, from_python=True)
         _, completed = complete_levels(self, images, keep_rows, n, opts, None if label is None else str(label))
         return self.decode(completed).view(len(images), n, *images.shape[1:])
 

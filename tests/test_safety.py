@@ -278,3 +278,173 @@ def test_atomic_writes_are_synced(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", fsync)
     ckpt.save_json(tmp_path / "x.json", {"a": 1})
     assert len(synced) == 2 and synced[0].endswith(".tmp") and synced[1] == str(tmp_path)
+
+
+# -------------------------------------------------------------------------------------------- one line, nothing written
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (("--steps", "abc"), "--steps"),
+        (("--lr", "nan"), "--lr"),
+        (("--lr", "-1"), "--lr"),
+        (("--epochs", "nan"), "--epochs"),
+        (("--epochs", "0"), "--epochs"),
+        (("--steps", "0"), "--steps"),
+        (("--seed", "99999999999999999999"), "--seed"),
+        (("--batch-size", "1000000000000"), "--batch-size"),
+        (("--image-size", "0"), "--image-size"),
+        (("--image-size", "100000"), "--image-size"),
+        (("--channels", "2"), "--channels"),
+    ],
+)
+def test_bad_training_flags_write_nothing(in_tmp, flags, needle):
+    assert_clean_error(run_cli("train-ae", *flags, "--out", "run"), needle)
+    assert not (in_tmp / "run").exists()
+
+
+def test_bad_seed_for_sampling(in_tmp):
+    assert_clean_error(run_cli("sample", "--seed", "99999999999999999999"), "--seed")
+
+
+def _edit_config(run: Path, edit) -> None:
+    config = json.loads((run / ckpt.CONFIG).read_text())
+    edit(config)
+    (run / ckpt.CONFIG).write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda c: c.update(train=None), "train"),
+        (lambda c: c["train"].update(steps="x"), "--steps"),
+        (lambda c: c["train"].update(lr=None), "--lr"),
+        (lambda c: c["train"].update(seed=10**30), "--seed"),
+        (lambda c: c.pop("data"), "'data' section is missing"),
+        (lambda c: c["data"].update(image_size="big"), "data.image_size"),
+        (lambda c: c.update(model=None), "model"),
+        (lambda c: c["model"].update(hidden=10**9), "hidden"),
+    ],
+)
+def test_damaged_config_is_one_line(run_copy, edit, needle):
+    _edit_config(run_copy, edit)
+    before = snapshot(run_copy)
+    assert_clean_error(run_cli("train-ae", "--out", str(run_copy), "--resume", "--steps", "13"), needle)
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"kind": "vqvae", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", '{"kind": "vqvae", "x": ' + "7" * 5000 + "}"],
+)
+def test_hostile_json_is_one_line(run_copy, text):
+    (run_copy / ckpt.CONFIG).write_text(text)
+    assert_clean_error(run_cli("encode", "--ae", str(run_copy)), "config.json")
+
+
+def _edit_state(run: Path, edit_meta=None, edit_tensors=None) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(run / ckpt.STATE), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
+    if edit_meta is not None:
+        state = json.loads(meta["state"])
+        meta["state"] = edit_meta(state) if callable(edit_meta) else edit_meta
+        if callable(edit_meta):
+            meta["state"] = json.dumps(meta["state"])
+    if edit_tensors is not None:
+        edit_tensors(tensors)
+    save_file(tensors, str(run / ckpt.STATE), metadata=meta)
+
+
+def _without(key):
+    return lambda s: {k: v for k, v in s.items() if k != key}
+
+
+def _drop_optimizer(tensors):
+    for name in [n for n in tensors if n.startswith("optim.")][:2]:
+        del tensors[name]
+
+
+def _wrong_shape(tensors):
+    name = next(n for n in tensors if n.startswith("model.") and tensors[n].ndim == 4)
+    tensors[name] = tensors[name][:1].clone()
+
+
+@pytest.mark.parametrize(
+    ("meta", "tensors", "needle"),
+    [
+        ("not json{", None, "damaged metadata"),
+        (_without("step"), None, "no valid step"),
+        (_without("optimizer"), None, "'optimizer'"),
+        (_without("order"), None, "'order'"),
+        (None, lambda t: t.pop("rng.torch"), "random number generator"),
+        (None, _drop_optimizer, "optimizer tensor"),
+        (None, _wrong_shape, "wrong shape"),
+    ],
+)
+def test_damaged_state_is_refused(run_copy, meta, tensors, needle):
+    _edit_state(run_copy, meta, tensors)
+    result = run_cli("train-ae", "--out", str(run_copy), "--resume", "--steps", "13")
+    assert_clean_error(result, needle)
+    assert state_step(run_copy) == 12 if meta is None else True
+
+
+def test_damaged_metrics_lines_are_skipped(run_copy):
+    with open(run_copy / ckpt.METRICS, "ab") as f:
+        f.write(b"[1, 2]\n\xff\xfe not utf-8\n42\n")
+    result = run_cli("info", str(run_copy))
+    assert result.code == 0, result.err
+
+
+def test_bad_array_files(in_tmp):
+    import numpy as np
+
+    np.savez(in_tmp / "none.npz", images=np.zeros((0, 8, 8), np.uint8))
+    assert_clean_error(run_cli("train-ae", "--data", "none.npz", "--out", "r"), "at least 2 images")
+    np.savez(in_tmp / "flat.npz", images=np.zeros((4, 0, 0, 3), np.uint8))
+    assert_clean_error(run_cli("train-ae", "--data", "flat.npz", "--out", "r"), "at least 2 images")
+    np.savez(in_tmp / "full.npz", images=np.zeros((64, 8, 8), np.uint8))
+    data = (in_tmp / "full.npz").read_bytes()
+    (in_tmp / "cut.npz").write_bytes(data[: len(data) // 2])
+    assert_clean_error(run_cli("train-ae", "--data", "cut.npz", "--out", "r"))
+    assert not (in_tmp / "r").exists()
+
+
+def test_decompression_bomb_in_a_folder(in_tmp):
+    from PIL import Image
+
+    (in_tmp / "imgs").mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(in_tmp / "imgs" / f"{i}.png")
+    Image.new("1", (15000, 15000)).save(in_tmp / "imgs" / "bomb.png")  # 225 Mpixels, a few kB on disk
+    assert_clean_error(run_cli("train-ae", "--data", "imgs", "--strict", "--out", "r"), "bomb.png")
+
+
+@pytest.mark.parametrize("command", ["encode", "reconstruct", "eval"])
+def test_output_that_is_a_directory_is_refused_before_any_work(run_copy, command, monkeypatch):
+    import vqgen.autoencoder
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("loaded the model before checking --out")
+
+    monkeypatch.setattr(vqgen.autoencoder, "load_autoencoder", no_work)
+    (run_copy.parent / "dir").mkdir()
+    assert_clean_error(run_cli(command, "--ae", str(run_copy), "--out", str(run_copy.parent / "dir")), "directory")
+
+
+def test_disk_full_is_one_line(run_copy, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    result = run_cli("encode", "--ae", str(run_copy), "--out", "codes.safetensors")
+    assert_clean_error(result, "No space left on device")
+    assert not Path("codes.safetensors").exists() and not list(Path(".").glob(".codes*"))

@@ -253,10 +253,17 @@ def train_autoencoder(
     if resume:
         ckpt.check_resumable(run_dir)
         saved = ckpt.read_config(run_dir, KIND)
-        ae = AEConfig.from_dict(saved["model"])
-        data_cfg = DataConfig(**saved["data"])
+        missing = [section for section in ("model", "train", "data") if section not in saved]
+        if missing:
+            raise VQGenError(f"'{run_dir / ckpt.CONFIG}' is damaged: its '{missing[0]}' section is missing")
+        try:
+            ae = AEConfig.from_dict(saved["model"])
+            data_cfg = DataConfig(**saved["data"])
+            adversarial = AdversarialConfig(**saved.get("adversarial", {}))
+            adversarial.validate()
+        except (TypeError, ValueError, VQGenError) as e:
+            raise VQGenError(f"'{run_dir / ckpt.CONFIG}' is damaged ({e!s:.200}); train the run again") from e
         train = resumed_config(saved["train"], train)
-        adversarial = AdversarialConfig(**saved.get("adversarial", {}))
     else:
         preset = preset_for(data_cfg.data)
         train = with_stage_defaults(train, preset.ae_steps, preset.ae_lr, preset.ae_batch_size, preset.ae_ema_weights)

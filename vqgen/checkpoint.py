@@ -479,10 +479,89 @@ def read_config(run_dir: str | Path, kind: str | None = None) -> dict:
     version = config.get("format_version", 0)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise VQGenError(
-            f"'{run_dir}' was written by a newer vqgen ({config.get('vqgen_version', '?')}, format {version}); "
-            "upgrade vqgen to read it"
+            f"'{run_dir}' was written by a newer vqgen ({str(config.get('vqgen_version', '?'))[:20]}, format "
+            f"{str(version)[:20]}); upgrade vqgen to read it"
         )
+    problem = config_problem(config)
+    if problem is not None:
+        raise VQGenError(f"'{run_dir / CONFIG}' is damaged: {problem}; train the run again")
     return config
+
+
+_NUMBER = (int, float)
+_OPTIONAL = type(None)
+# The sections of each kind of run (only `model` must be there) and the types of the fields their readers use
+# (only _REQUIRED ones must be there: the readers default the others). The model configs bound the sizes in `model`.
+_SCHEMA: dict[str, dict[str, dict[str, tuple]]] = {
+    "vqvae": {
+        "model": {},
+        "train": {},
+        "data": {
+            "data": (str,),
+            "data_root": (str, _OPTIONAL),
+            "image_size": (int, _OPTIONAL),
+            "channels": (int, _OPTIONAL),
+            "strict": (bool,),
+        },
+    },
+    "prior": {
+        "model": {},
+        "train": {},
+        "codes": {
+            "path": (str,),
+            "sha256": (str, _OPTIONAL),
+            "dataset": (str, _OPTIONAL),
+            "class_names": (list, _OPTIONAL),
+            "class_counts": (list, _OPTIONAL),
+            "level": (str,),
+        },
+        "ae": {"run": (str, _OPTIONAL), "relative": (str, _OPTIONAL), "sha256": (str, _OPTIONAL)},
+        "sampling": {"guidance": (*_NUMBER, _OPTIONAL)},
+    },
+}
+_REQUIRED = {"data.data", "codes.path"}
+
+
+def config_problem(config: dict) -> str | None:
+    """What is wrong with the structure of a run's config.json, or None: one check for every reader of it."""
+    import math
+
+    schema = _SCHEMA.get(config.get("kind"))
+    if schema is None:
+        return None  # read_config's kind check names the problem
+    for section, fields in schema.items():
+        if section not in config and section != "model":
+            continue  # needed only by some readers (--resume, sampling), which say so
+        value = config.get(section)
+        if not isinstance(value, dict):
+            return f"its '{section}' section is {'missing' if section not in config else 'not an object'}"
+        for name, types in fields.items():
+            if name not in value:
+                if f"{section}.{name}" in _REQUIRED:
+                    return f"'{section}.{name}' is missing"
+                continue  # its readers default it
+            item = value[name]
+            if not isinstance(item, types) or (isinstance(item, bool) and bool not in types):
+                return f"'{section}.{name}' is {'null' if item is None else 'a ' + type(item).__name__}"
+            if isinstance(item, float) and not math.isfinite(item):
+                return f"'{section}.{name}' is not a finite number"
+    for section in ("adversarial", "dataset"):
+        if section in config and not isinstance(config[section], dict):
+            return f"its '{section}' section is not an object"
+    codes = config.get("codes")
+    if isinstance(codes, dict):
+        names, counts = codes.get("class_names"), codes.get("class_counts")
+        if names is not None and not all(isinstance(n, str) for n in names):
+            return "'codes.class_names' is not a list of names"
+        if counts is not None:
+            if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+                return "'codes.class_counts' is not a list of counts"
+            if counts and sum(counts) == 0:
+                return "'codes.class_counts' are all zero"
+    guidance = config.get("sampling", {}).get("guidance")
+    if guidance is not None and not guidance >= 0:
+        return "'sampling.guidance' is negative"
+    return None
 
 
 def load_model(run_dir: str | Path, kind: str, build, device: torch.device | str = "cpu"):
@@ -516,9 +595,12 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     if not path.exists():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    check_regular(path, "metrics file")
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (ValueError, RecursionError):  # a torn last line, or a damaged one: skipped
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records

@@ -6,6 +6,7 @@ stays fast, and each command imports what it needs when it runs.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -174,6 +175,20 @@ def _train_config(**kwargs):
     defaults = TrainConfig()
     values = {k: v for k, v in kwargs.items() if v is not None}
     return TrainConfig(**(defaults.to_dict() | values))
+
+
+def _check_output_file(path: Path | None) -> None:
+    """Refuse, before any work, an output file that cannot be written because a directory is in its place."""
+    from vqgen.errors import VQGenError
+
+    if path is not None and path.is_dir():
+        raise VQGenError(f"--out '{path}' is a directory; give the path of a file to write")
+
+
+def _check_seed(seed: int) -> None:
+    from vqgen.train import check_seed
+
+    check_seed(seed)
 
 
 def _print_table(title: str, rows: dict, console=None) -> None:
@@ -422,6 +437,7 @@ def reconstruct(
 
     if n < 1:
         raise VQGenError(f"--n must be at least 1, not {n}")
+    _check_output_file(out or Path(ae) / "reconstruct.png")
     dev = resolve_device(device)
     model, config = load_autoencoder(ae, dev)
     images = data_for(model, config, data, data_root).test.images[:n]
@@ -476,6 +492,7 @@ def encode(
     """Encode the train and test split into m×m code grids (with labels, where the data has them)."""
     from vqgen.codes import encode_dataset
 
+    _check_output_file(out)
     console = _console()
     codes, stats = encode_dataset(ae, out, data, data_root, device, batch_size, console)
     _print_table(
@@ -687,6 +704,7 @@ def sample(
     from vqgen.sample import SamplingOptions, load_pipeline
     from vqgen.sample import sample as run_sample
 
+    _check_seed(seed)
     opts = SamplingOptions(temperature, top_k, top_p, batch_size, seed, use_cache=not no_cache, guidance=guidance)
     pipe = load_pipeline(prior, device, ae, ignore_hash, precision, bottom_prior)
     wanted = ["all"] if classes_all else (classes or [])
@@ -733,6 +751,7 @@ def complete(
     from vqgen.sample import SamplingOptions, load_pipeline
     from vqgen.sample import complete as run_complete
 
+    _check_seed(seed)
     pipe = load_pipeline(prior, device, ae, ignore_hash, precision, bottom_prior)
     opts = SamplingOptions(temperature, top_k, top_p, seed=seed, guidance=guidance)
     path = run_complete(pipe, images, keep_rows, n, out, opts, label)
@@ -809,6 +828,8 @@ def eval_cmd(
     """
     from vqgen.evaluate import EvalOptions, evaluate_run, report_rows
 
+    _check_output_file(out)
+    _check_seed(seed)
     opts = EvalOptions(
         n=n,
         seed=seed,
@@ -847,15 +868,53 @@ def plot(
 # ----------------------------------------------------------------------------------------------- entry point
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _system_error(e: BaseException) -> str | None:
+    """One line for what the system refused (disk full, permissions, memory, an image too large), else None."""
+    if isinstance(e, OSError):
+        where = f" ('{e.filename}')" if e.filename else ""
+        what = e.strerror or str(e) or type(e).__name__
+        hint = {
+            errno.ENOSPC: "; free some space or write elsewhere (what was saved before is intact)",
+            errno.EDQUOT: "; free some space or write elsewhere (what was saved before is intact)",
+            errno.EACCES: "; check the permissions or choose another path",
+            errno.EROFS: "; choose a writable path",
+        }.get(e.errno, "")
+        return f"{what}{where}{hint}"
+    if isinstance(e, MemoryError):
+        return "not enough memory; use a smaller --batch-size, model or data set"
+    if isinstance(e, RecursionError):
+        return "an input is nested too deeply to read"
+    pil = sys.modules.get("PIL.Image")
+    if pil is not None and isinstance(e, pil.DecompressionBombError):
+        return f"{e} Use a smaller image"
+    return None
+
+
 def main() -> None:
+    from typer._click import exceptions as usage  # typer's own copy of click
+
     from vqgen.errors import TrainingInterrupted, VQGenError
 
     try:
-        app()
+        code = app(standalone_mode=False)
+    except usage.NoArgsIsHelpError as e:
+        e.show()
+        sys.exit(2)
+    except usage.ClickException as e:  # a usage error: one line, like every other error
+        if _DEBUG["on"]:
+            raise
+        ctx = getattr(e, "ctx", None)
+        hint = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+        print(f"error: {_one_line(e.format_message())}{hint}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except VQGenError as e:
         if _DEBUG["on"]:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
     except TrainingInterrupted as e:
         print(f"interrupted: {e}. Resume with the same command plus --resume.", file=sys.stderr)
@@ -863,6 +922,16 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        message = None if _DEBUG["on"] else _system_error(e)
+        if message is None:
+            raise
+        print(f"error: {_one_line(message)}", file=sys.stderr)
+        sys.exit(1)
+    if code == 130:  # typer turns a KeyboardInterrupt into exit code 130
+        print("interrupted", file=sys.stderr)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

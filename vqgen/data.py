@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from vqgen.errors import VQGenError
 
+MAX_IMAGE_SIZE = 8192  # the autoencoder's bound (vqgen.vqvae): larger images could never be trained on
 TORCHVISION_SETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 SHAPE_NAMES = ("circle", "square", "triangle", "star")
 SHAPES_VERSION = 4
@@ -120,6 +121,10 @@ def load_data(
     seed: int = 0,
 ) -> ImageData:
     """Load a data set by name (`shapes`, `mnist`, `fashion-mnist`, `cifar10`) or path (folder, .npz, .npy)."""
+    if image_size is not None and not (isinstance(image_size, int) and 1 <= image_size <= MAX_IMAGE_SIZE):
+        raise VQGenError(f"--image-size must be from 1 to {MAX_IMAGE_SIZE} pixels, not {image_size}")
+    if channels is not None and channels not in (1, 3):
+        raise VQGenError(f"--channels must be 1 (grey) or 3 (RGB), not {channels}")
     root = Path(root) if root is not None else default_root()
     key = source.lower()
     if key == "shapes":
@@ -286,10 +291,13 @@ def _load_folder(
 
 
 def _load_array_file(path: Path, seed: int) -> ImageData:
+    import zipfile
+
+    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile)  # a truncated .npz fails in any of these
     try:
         # an .npy is mapped, not read: it may be larger than memory
         loaded = np.load(path, allow_pickle=False, mmap_mode="r" if path.suffix.lower() == ".npy" else None)
-    except (OSError, ValueError) as e:
+    except unreadable as e:
         raise VQGenError(f"cannot read '{path}' as a numpy file ({e}); save it with numpy.savez") from e
     if isinstance(loaded, np.ndarray):
         images, labels = loaded, None
@@ -300,8 +308,11 @@ def _load_array_file(path: Path, seed: int) -> ImageData:
                     f"'{path}' has no 'images' array (it has: {', '.join(loaded.files) or 'nothing'}); "
                     "save it as numpy.savez(file, images=..., labels=...)"
                 )
-            images = loaded["images"]
-            labels = loaded["labels"] if "labels" in loaded.files else None
+            try:
+                images = loaded["images"]
+                labels = loaded["labels"] if "labels" in loaded.files else None
+            except unreadable as e:
+                raise VQGenError(f"cannot read '{path}' ({e}); it may be truncated: save it again") from e
     if images.dtype != np.uint8:
         raise VQGenError(f"images in '{path}' are {images.dtype}; vqgen expects uint8 pixels 0..255")
     if images.ndim == 3:
@@ -309,6 +320,11 @@ def _load_array_file(path: Path, seed: int) -> ImageData:
     if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
         raise VQGenError(
             f"images in '{path}' have shape {images.shape}; expected (N, H, W) or (N, H, W, C) with C 1 or 3"
+        )
+    if images.shape[0] < 2 or min(images.shape[1:3]) < 1 or max(images.shape[1:3]) > MAX_IMAGE_SIZE:
+        raise VQGenError(
+            f"images in '{path}' have shape {images.shape}; vqgen needs at least 2 images (a train and a test "
+            f"split) of 1 to {MAX_IMAGE_SIZE} pixels a side"
         )
     mapped = isinstance(images, np.memmap)
     if mapped:

@@ -73,12 +73,12 @@ def decode(file: Path, mode: str | None, image_size: int | None) -> np.ndarray:
 
 
 def _readable(file: Path, mode: str | None, image_size: int | None) -> np.ndarray | str:
-    from PIL import UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     try:
         return decode(file, mode, image_size)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        return f"{e}" or type(e).__name__
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return f"{e}" or type(e).__name__  # a decompression bomb is an unreadable file like any other
 
 
 def _decode_chunk(

@@ -57,6 +57,83 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    def check(self, source: str | None = None) -> None:
+        """Every setting's type and range, before anything is allocated or written. `source` names the config.json
+        the settings came from (a damaged file), else they are the command line's flags."""
+        try:
+            _check_train_config(self)
+            if source is not None:  # a saved run has all its settings resolved
+                for flag, value in (("--lr", self.lr), ("--batch-size", self.batch_size)):
+                    if value is None:
+                        raise VQGenError(f"{flag} is missing")
+                if self.steps is None and self.epochs is None and self.minutes is None:
+                    raise VQGenError("--steps is missing")
+        except VQGenError as e:
+            if source is None:
+                raise
+            raise VQGenError(f"'{source}' has an invalid train section ({e}); the run folder is damaged") from None
+
+
+MAX_STEPS = 10**9  # far beyond any run, and small enough that the schedule's arithmetic stays exact
+MAX_BATCH = 1 << 20
+
+
+def check_seed(seed: object) -> None:
+    if not _is_int(seed) or not 0 <= seed < 2**32:
+        raise VQGenError(f"--seed must be an integer from 0 to {2**32 - 1}, not {_short(seed)}")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _short(v: object) -> str:
+    text = repr(v) if not isinstance(v, int) or abs(v) < 10**30 else f"a {len(str(abs(v)))}-digit integer"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_train_config(c: TrainConfig) -> None:
+    def need(ok: bool, flag: str, what: str, value: object) -> None:
+        if not ok:
+            raise VQGenError(f"{flag} must be {what}, not {_short(value)}")
+
+    need(
+        c.steps is None or (_is_int(c.steps) and 1 <= c.steps <= MAX_STEPS),
+        "--steps",
+        f"at least 1 and at most {MAX_STEPS}",
+        c.steps,
+    )
+    need(c.epochs is None or (_is_number(c.epochs) and c.epochs > 0), "--epochs", "a number > 0", c.epochs)
+    need(c.minutes is None or (_is_number(c.minutes) and c.minutes > 0), "--minutes", "a number > 0", c.minutes)
+    need(
+        c.batch_size is None or (_is_int(c.batch_size) and 1 <= c.batch_size <= MAX_BATCH),
+        "--batch-size",
+        f"at least 1 and at most {MAX_BATCH}",
+        c.batch_size,
+    )
+    need(c.lr is None or (_is_number(c.lr) and c.lr > 0), "--lr", "a finite number > 0, e.g. 3e-3", c.lr)
+    need(
+        c.ema_weights is None or (_is_number(c.ema_weights) and 0 <= c.ema_weights < 1),
+        "--ema-weights",
+        "a decay in (0, 1), e.g. 0.999, or 0 for none",
+        c.ema_weights,
+    )
+    need(_is_number(c.weight_decay) and c.weight_decay >= 0, "--weight-decay", "a number >= 0", c.weight_decay)
+    need(_is_int(c.warmup) and 0 <= c.warmup <= MAX_STEPS, "warmup", "a number of steps >= 0", c.warmup)
+    need(c.schedule in ("cosine", "constant"), "schedule", "cosine or constant", c.schedule)
+    need(_is_number(c.min_lr_ratio) and 0 <= c.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]", c.min_lr_ratio)
+    need(_is_number(c.grad_clip) and c.grad_clip >= 0, "grad_clip", "a number >= 0 (0: off)", c.grad_clip)
+    check_seed(c.seed)
+    for flag, value in (("--log-every", c.log_every), ("--eval-every", c.eval_every), ("--save-every", c.save_every)):
+        need(_is_int(value) and 0 <= value <= MAX_STEPS, flag, "a number of steps >= 0", value)
+    need(isinstance(c.device, str), "--device", "a device name", c.device)
+    need(isinstance(c.precision, str), "--precision", "auto, fp32, bf16 or fp16", c.precision)
+    need(isinstance(c.compile, bool), "--compile", "true or false", c.compile)
+
 
 # ----------------------------------------------------------------------------------------------- environment
 
@@ -310,7 +387,7 @@ def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "optim") -> tupl
             else:
                 scalars[f"{pid}.{key}"] = value
     groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in sd["param_groups"]]
-    return tensors, {"scalars": scalars, "param_groups": groups}
+    return tensors, {"scalars": scalars, "param_groups": groups, "tensors": sorted(tensors)}
 
 
 def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -418,28 +495,65 @@ def load_state(
 ) -> dict:
     import json
 
-    entries, metadata = ckpt.read_header(ckpt.run_file(run_dir, ckpt.STATE))
+    path = ckpt.run_file(run_dir, ckpt.STATE)
+    entries, metadata = ckpt.read_header(path)
     expected = {f"model.{k}": v for k, v in model.state_dict().items()}
     missing = [k for k in expected if k not in entries]
     if missing or "state" not in metadata:
-        raise VQGenError(f"'{run_dir / ckpt.STATE}' does not belong to this model; start again with --force")
-    tensors = ckpt.load_tensors(run_dir / ckpt.STATE)
-    for name, ref in expected.items():
-        if tuple(tensors[name].shape) != tuple(ref.shape):
-            raise VQGenError(f"'{run_dir / ckpt.STATE}': '{name}' has the wrong shape; start again with --force")
+        raise VQGenError(f"'{path}' does not belong to this model; start again with --force")
+    for name, ref in expected.items():  # from the header, before any tensor is read
+        if entries[name][1] != tuple(ref.shape):
+            raise VQGenError(f"'{path}': '{name}' has the wrong shape; start again with --force")
+    try:
+        meta = json.loads(metadata["state"])
+    except (ValueError, RecursionError) as e:
+        raise VQGenError(f"'{path}' has damaged metadata ({str(e)[:100]}); start again with --force") from e
+    _check_state_meta(meta, entries, path)
+    tensors = ckpt.load_tensors(path)
     model.load_state_dict({k[len("model.") :]: tensors[k] for k in expected})
-    meta = json.loads(metadata["state"])
-    load_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
-    torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    order.load_state_dict(meta["order"])
+    try:
+        load_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        order.load_state_dict(meta["order"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise VQGenError(f"'{path}' holds a damaged training state ({str(e)[:100]}); start again with --force") from e
     if average is not None:
-        average.load_state_tensors(tensors, run_dir / ckpt.STATE)
+        average.load_state_tensors(tensors, path)
     if task is not None:
         task_tensors = {k[len("task.") :]: v for k, v in tensors.items() if k.startswith("task.")}
         task.load_extra_state(task_tensors, meta.get("task", {}))
     return meta
+
+
+def _check_state_meta(meta: object, entries: dict, path: Path) -> None:
+    """What --resume needs from a state file, checked before it is used: a resume from less is not bit-identical."""
+
+    def damaged(what: str) -> VQGenError:
+        return VQGenError(f"'{path}' {what}; the saved state is damaged: start again with --force")
+
+    if not isinstance(meta, dict):
+        raise damaged("has metadata that is not a JSON object")
+    step = meta.get("step")
+    if not _is_int(step) or not 0 <= step <= MAX_STEPS:
+        raise damaged(f"records no valid step ({_short(step)})")
+    for key in ("order", "optimizer"):
+        if not isinstance(meta.get(key), dict):
+            raise damaged(f"lacks its '{key}' record")
+    if not isinstance(meta["optimizer"].get("scalars"), dict) or not isinstance(
+        meta["optimizer"].get("param_groups"), list
+    ):
+        raise damaged("has a damaged optimizer record")
+    if "rng.torch" not in entries:
+        raise damaged("lacks its random number generator state")
+    names = meta["optimizer"].get("tensors")  # absent from state files written before it was recorded
+    if step > 0 and not any(name.startswith("optim.") for name in entries):
+        raise damaged("holds no optimizer state")
+    if isinstance(names, list):
+        missing = [n for n in names if n not in entries]
+        if missing:
+            raise damaged(f"lacks {len(missing)} optimizer tensor(s), e.g. '{missing[0]}'")
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -447,7 +561,14 @@ def load_state(
 
 def resumed_config(saved: dict, given: TrainConfig) -> TrainConfig:
     """A resumed run keeps its saved settings; only a --steps / --epochs given now extends it."""
-    cfg = TrainConfig.from_dict(saved)
+    if not isinstance(saved, dict):
+        raise VQGenError("the run's config.json has no train section; the run folder is damaged")
+    try:
+        cfg = TrainConfig.from_dict(saved)
+    except TypeError as e:
+        raise VQGenError(f"the run's config.json has an invalid train section ({e})") from e
+    cfg.check("config.json")
+    given.check()
     if given.minutes is not None:
         raise VQGenError("--minutes cannot be given with --resume: the run already has its steps; give --steps")
     if given.steps is not None or given.epochs is not None:
@@ -458,7 +579,8 @@ def resumed_config(saved: dict, given: TrainConfig) -> TrainConfig:
 def with_stage_defaults(
     cfg: TrainConfig, steps: int, lr: float, batch_size: int, ema_weights: float | None = None
 ) -> TrainConfig:
-    """Fill what the user left unset with the stage's defaults (vqgen.presets)."""
+    """Fill what the user left unset with the stage's defaults (vqgen.presets); check every setting."""
+    cfg.check()
     if cfg.minutes is not None:
         if cfg.steps is not None or cfg.epochs is not None:
             raise VQGenError("give one of --minutes, --steps and --epochs, not several")
@@ -476,8 +598,7 @@ def with_stage_defaults(
         cfg.lr = lr
     if cfg.batch_size is None:
         cfg.batch_size = batch_size
-    if cfg.batch_size < 1:  # checked here, before a run folder is made
-        raise VQGenError(f"--batch-size must be at least 1, not {cfg.batch_size}")
+    cfg.check()  # checked here, before a run folder is made
     return cfg
 
 

@@ -5,7 +5,7 @@
 
 Runs go to runs/bench/<data>/{ae,codes.safetensors,prior}; `vqgen eval --prior` writes eval.json (held-out PSNR,
 codes used, bits per image, Fréchet distance of 1000 samples with its reconstruction floor, class accuracy);
-the reconstruction and sample grids are copied to docs/<data>-recon.png and docs/<data>-samples.png.
+the reconstruction and sample grids are copied to docs/img/<data>-recon.png and docs/img/<data>-samples.png.
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ def main() -> None:
     picture = base / "samples-grid"
     vqgen("sample", "--n", str(picture_n), "--prior", str(prior), "--out", str(picture))
 
-    docs = Path("docs")
-    docs.mkdir(exist_ok=True)
+    docs = Path("docs/img")
+    docs.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ae / "recon.png", docs / f"{args.data}-recon.png")
     shutil.copyfile(picture / "grid.png", docs / f"{args.data}-samples.png")
 

@@ -4,7 +4,7 @@
     python bench/guidance.py --data fashion-mnist --prior runs/bench/fashion-mnist/prior --scales 1,1.5,2
 
 Every scale is one `vqgen eval --n N --guidance S` (classes uniform: the labels cycle over the classes), its report
-kept as RUN/eval-guidance-S.json. Writes bench/results/guidance-<data>.json and docs/guidance-<data>.png: Fréchet
+kept as RUN/eval-guidance-S.json. Writes bench/results/guidance-<data>.json and docs/img/guidance-<data>.png: Fréchet
 distance against class accuracy, one point per scale. (bench/datasets.py evaluates the samples drawn without naming
 a class, at the prior's default scale.)
 """
@@ -80,7 +80,7 @@ def main() -> None:
     if args.plot_only:
         figures = json.loads((REPO / "bench" / "results" / f"guidance-{args.data}.json").read_text())["figures"]
         title = f"{args.data}: guidance sweep, n = {figures['n']} per scale"
-        plot(figures["scales"], REPO / "docs" / f"guidance-{args.data}.png", title)
+        plot(figures["scales"], REPO / "docs" / "img" / f"guidance-{args.data}.png", title)
         return
     command = f"python bench/guidance.py --data {args.data} --prior {args.prior} --scales {args.scales} --n {args.n}"
     os.chdir(REPO)
@@ -93,8 +93,8 @@ def main() -> None:
         commands.append(cmd)
         print(json.dumps(rows[-1]))
     best = min(rows, key=lambda r: r["fid"])
-    docs = Path("docs")
-    docs.mkdir(exist_ok=True)
+    docs = Path("docs/img")
+    docs.mkdir(parents=True, exist_ok=True)
     plot(rows, docs / f"guidance-{args.data}.png", f"{args.data}: guidance sweep, n = {args.n} per scale")
     figures = {
         "data": args.data,

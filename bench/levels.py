@@ -11,7 +11,7 @@ between its top prior (a quarter: 64 codes) and its bottom prior (three quarters
 priors' held-out bits per image (top + bottom for two levels) and the samples' Fréchet distance and class accuracy,
 in the features of a classifier trained on the 64×64 images for --classifier-steps steps (shorter than the default,
 whose 12 epochs cost half an hour at this size; both arms share it). Writes bench/results/levels-64.json and
-docs/levels-64-<arm>-{recon,samples}.png.
+docs/img/levels-64-<arm>-{recon,samples}.png.
 """
 
 from __future__ import annotations
@@ -70,9 +70,9 @@ def main() -> None:
             seconds[c[0] + (f"-{c[c.index('--level') + 1]}" if "--level" in c else "")], _ = vqgen(*c)
         vqgen(*evaluate)
         vqgen(*sample)
-        Path("docs").mkdir(exist_ok=True)
-        shutil.copyfile(ae / "recon.png", Path("docs") / f"{args.name}-{arm}-recon.png")
-        shutil.copyfile(run / "samples" / "grid.png", Path("docs") / f"{args.name}-{arm}-samples.png")
+        Path("docs/img").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ae / "recon.png", Path("docs/img") / f"{args.name}-{arm}-recon.png")
+        shutil.copyfile(run / "samples" / "grid.png", Path("docs/img") / f"{args.name}-{arm}-samples.png")
         report = json.loads((prior / "eval.json").read_text())
         rec, nll, s = report["reconstruction"], report["likelihood"], report["samples"]
         ae_config = json.loads((ae / "config.json").read_text())

@@ -6,7 +6,7 @@ Trains one autoencoder per variant on ../shared/datasets/CIFAR10/cifar10-train-4
 array-file split) with the same flags apart from the variant's own, then runs `vqgen eval --ae RUN --n N` on each:
 held-out PSNR and SSIM, codes used, the reconstructions' Fréchet distance in the eval classifier's features (with
 train-vs-held-out images as the noise) and how often a reconstruction keeps its class beside how often the original
-is classified right. Writes bench/results/natural-cifar10.json and docs/cifar10-recon-<variant>.png (held-out
+is classified right. Writes bench/results/natural-cifar10.json and docs/img/cifar10-recon-<name>-<variant>.png (held-out
 originals over reconstructions).
 """
 
@@ -90,14 +90,14 @@ def main() -> None:
             "classifier_accuracy": report["classifier"]["accuracy"],
             "commands": ["vqgen " + shlex.join(train), "vqgen " + shlex.join(evaluate)],
         }
-        Path("docs").mkdir(exist_ok=True)
-        shutil.copyfile(run / "recon.png", Path("docs") / f"cifar10-recon-{args.name}-{variant}.png")
+        Path("docs/img").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run / "recon.png", Path("docs/img") / f"cifar10-recon-{args.name}-{variant}.png")
         if args.prior:
             rows[variant]["prior"] = prior_row(
                 run,
                 args.n,
                 args.reuse,
-                Path("docs") / f"cifar10-samples-{args.name}-{variant}.png",
+                Path("docs/img") / f"cifar10-samples-{args.name}-{variant}.png",
                 shlex.split(args.prior_extra),
             )
         print(json.dumps({variant: rows[variant]}))

@@ -1,0 +1,194 @@
+"""Print the README's table of presets: each data set's defaults, read from vqgen/presets.py, beside the figures
+measured with exactly those defaults, read from bench/results/*.json.
+
+    python bench/preset_table.py
+
+A figure is shown only where the JSON's recorded settings (K, steps, the adversarial weights, the prior's steps,
+the guidance scale) equal the preset's; otherwise the cell says "not measured", so a changed preset never keeps the
+old preset's numbers. tests/test_docs.py checks that README.md holds this script's current output.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+
+try:
+    from vqgen.presets import PRESETS, Preset
+except ImportError:  # run from a checkout without `pip install -e .`
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    from vqgen.presets import PRESETS, Preset
+
+
+@dataclass
+class Measured:
+    """The figures of one preset, as one JSON records them, and the settings it recorded them with."""
+
+    source: str  # bench/results/NAME.json
+    settings: dict  # what the run used: codebook_size, ae_steps, adversarial, ..., prior_steps, guidance
+    psnr: float | None = None
+    recon_fid: float | None = None
+    samples_fid: float | None = None
+    class_accuracy: float | None = None
+    seconds: tuple[float, float] | None = None  # train-ae, train-prior wall seconds
+    machine: str = ""
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def _machine(data: dict) -> str:
+    cpu = data["machine"]["cpu"]
+    short = "Intel Xeon" if "Xeon" in cpu else "AMD EPYC" if "EPYC" in cpu else cpu
+    return f"{short}, {data['machine']['cores']} cores"
+
+
+def from_datasets(name: str) -> Measured:
+    """A bench/datasets.py result: the four commands with no flag but --data."""
+    data = _load(name)
+    fig = data["figures"]
+    wall = {key.split(" ")[0]: value for key, value in fig["wall_seconds"].items()}
+    overrides = r"--(steps|codebook-size|adversarial|ema-weights|guidance)\b"
+    plain = all(not re.search(overrides, command) for command in fig["commands"])
+    return Measured(
+        source=f"bench/results/{name}.json",
+        settings={
+            "codebook_size": fig["codebook_size"],
+            "ae_steps": fig["ae_steps"],
+            "prior_steps": fig["prior_steps"],
+            "prior_batch_size": fig["prior_batch"],
+            "guidance": fig["guidance"],
+            "preset_flags_only": plain,
+        },
+        psnr=fig["psnr"],
+        recon_fid=fig["fid_recon_floor"],
+        samples_fid=fig["fid_samples"],
+        class_accuracy=fig["class_accuracy"],
+        seconds=(wall["train-ae"], wall["train-prior"]),
+        machine=_machine(data),
+    )
+
+
+def _flags(command: str) -> dict:
+    words = shlex.split(command)
+    return {w[2:]: words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--")}
+
+
+def from_natural(name: str, variant: str = "adversarial") -> Measured:
+    """A bench/natural.py result: stage one with explicit flags, and the default prior on its codes."""
+    data = _load(name)
+    row = data["figures"]["variants"][variant]
+    flags = _flags(row["commands"][0])
+    prior = row.get("prior")
+    prior_flags = _flags(prior["commands"][1]) if prior else {}
+    return Measured(
+        source=f"bench/results/{name}.json",
+        settings={
+            "codebook_size": int(flags.get("codebook-size", 512)),
+            "ae_steps": row["steps"],
+            "ae_adversarial": float(flags.get("adversarial", 0)),
+            "ae_adversarial_start": int(flags.get("adversarial-start", 0)),
+            "ae_feature_matching": float(flags.get("feature-matching", 0)),
+            "prior_default": bool(prior) and not ({"steps", "minutes", "batch-size", "lr"} & set(prior_flags)),
+            "guidance": prior["guidance"] if prior else None,
+        },
+        psnr=row["psnr"],
+        recon_fid=row["fid_recon_vs_test"],
+        samples_fid=prior["fid_samples_vs_test"] if prior else None,
+        class_accuracy=prior["class_accuracy"] if prior else None,
+        seconds=(row["train_seconds"], prior["train_seconds"]) if prior else None,
+        machine=_machine(data),
+    )
+
+
+# Which JSON measured which preset. Each is checked against the preset before its figures are shown.
+ROWS = [
+    ("shapes (built in)", "shapes", lambda: from_datasets("dataset-shapes")),
+    ("MNIST", "mnist", lambda: from_datasets("dataset-mnist")),
+    ("Fashion-MNIST; folders and array files up to 32 px", None, lambda: from_datasets("dataset-fashion-mnist")),
+    ("CIFAR-10", "cifar10", lambda: from_natural("natural-cifar10-k2048")),
+]
+
+
+def matches(preset: Preset, m: Measured) -> tuple[bool, bool]:
+    """(stage one matches, stage two matches): the JSON's recorded settings against the preset's."""
+    s = m.settings
+    one = s["codebook_size"] == preset.codebook_size and s["ae_steps"] == preset.ae_steps
+    for key in ("ae_adversarial", "ae_adversarial_start", "ae_feature_matching"):
+        if key in s:
+            one = one and s[key] == getattr(preset, key)
+    if "preset_flags_only" in s:
+        one = one and s["preset_flags_only"] and preset.ae_adversarial == 0
+    two = one and s.get("guidance") == preset.prior_guidance
+    if "prior_steps" in s:
+        two = two and s["prior_steps"] == preset.prior_steps and s["prior_batch_size"] == preset.prior_batch_size
+    if "prior_default" in s:
+        two = two and s["prior_default"]
+    return one, two
+
+
+def _minutes(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s} s" if m else f"{s} s"
+
+
+def _stage_one(p: Preset) -> str:
+    text = f"K = {p.codebook_size}, {p.ae_steps:,} steps of {p.ae_batch_size}"
+    if p.ae_ema_weights:
+        text += f", weight average {p.ae_ema_weights}"
+    return text
+
+
+def _adversarial(p: Preset) -> str:
+    if not p.ae_adversarial:
+        return "off"
+    return f"{p.ae_adversarial} from step {p.ae_adversarial_start:,}, feature matching {p.ae_feature_matching}"
+
+
+def _stage_two(p: Preset) -> str:
+    text = f"Transformer {p.transformer_layers} × {p.transformer_width}, "
+    text += f"{p.prior_steps:,} steps of {p.prior_batch_size}"
+    if p.prior_ema_weights:
+        text += f", weight average {p.prior_ema_weights}"
+    return text
+
+
+def table() -> str:
+    head = (
+        "| data set | stage one | adversarial | stage two | guidance | held-out PSNR | reconstructions' distance "
+        "| samples' distance | samples of the asked class | train-ae + train-prior | measured on |"
+    )
+    lines = [head, "| " + " | ".join(["---"] * 11) + " |"]
+    na = "not measured"
+    for label, key, load in ROWS:
+        preset = PRESETS[key] if key else Preset()
+        m = load()
+        one, two = matches(preset, m)
+        cells = [
+            label,
+            _stage_one(preset),
+            _adversarial(preset),
+            _stage_two(preset),
+            str(preset.prior_guidance) if preset.prior_guidance else "none",
+            f"{m.psnr:.2f} dB" if one else na,
+            f"{m.recon_fid:.2f}" if one else na,
+            f"{m.samples_fid:.2f}" if two and m.samples_fid is not None else na,
+            f"{100 * m.class_accuracy:.1f}%" if two and m.class_accuracy is not None else na,
+            f"{_minutes(m.seconds[0])} + {_minutes(m.seconds[1])}" if two and m.seconds else na,
+            f"{m.machine}: [{Path(m.source).name}]({m.source})" if one else "",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(table(), end="")

@@ -90,7 +90,7 @@ def _decode_by_hand(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("parallel", [False, True])
 def test_folder_cache_round_trips_and_maps(tmp_path, monkeypatch, parallel):
     from vqgen import foldercache
-    from vqgen.data import MappedImages, _held_out_split
+    from vqgen.data import MappedImages, Split, held_out_by_name
 
     if parallel:  # the worker-process path, on a folder small enough for a test
         monkeypatch.setattr(foldercache, "PARALLEL_FROM", 2)
@@ -99,7 +99,10 @@ def test_folder_cache_round_trips_and_maps(tmp_path, monkeypatch, parallel):
     root = tmp_path / "root"
     data = load_data(str(tmp_path / "imgs"), root)
     images, labels = _decode_by_hand(tmp_path / "imgs")
-    want_train, want_test = _held_out_split(images, labels, seed=0)
+    names = [f.relative_to(tmp_path / "imgs").as_posix() for f in sorted((tmp_path / "imgs").rglob("*.png"))]
+    held = held_out_by_name(names)
+    want_train, want_test = Split(images[~held], labels[~held]), Split(images[held], labels[held])
+    assert data.held_out == [n for n, h in zip(names, held.tolist(), strict=True) if h]
     for got, want in ((data.train, want_train), (data.test, want_test)):
         assert isinstance(got.images, MappedImages) and isinstance(got.images.array, np.memmap)
         assert torch.equal(got.images[:], want.images) and torch.equal(got.labels, want.labels)

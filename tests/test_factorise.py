@@ -8,11 +8,12 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_cli
-from test_priors import ARCHS, M, T, random_codes, tiny_prior
 
 from vqgen.factorise import balanced_order, check_factors, fsq_factor_groups, join_codes, parse_factors, split_codes
 from vqgen.vqvae import VQVAE, AEConfig
+
+from conftest import run_cli
+from test_priors import ARCHS, M, T, random_codes, tiny_prior
 
 FACTORS = [4, 4]  # K = 16, as test_priors' tiny priors
 
@@ -31,7 +32,9 @@ def test_split_and_join_are_inverse_in_mixed_radix():
     digits = split_codes(codes, factors)
     assert digits[0].tolist()[:11] == [0] * 10 + [1]  # the first sub-token is the most significant
     assert torch.equal(join_codes(digits, factors), codes)
-    assert parse_factors("128x128") == [128, 128] and parse_factors("8,4,2") == [8, 4, 2] and parse_factors("none") == []
+    assert (
+        parse_factors("128x128") == [128, 128] and parse_factors("8,4,2") == [8, 4, 2] and parse_factors("none") == []
+    )
     with pytest.raises(ValueError, match="multiply"):
         check_factors([4, 5], 16)
     with pytest.raises(ValueError, match="each ≥ 2"):

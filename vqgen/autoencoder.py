@@ -11,7 +11,16 @@ import torch.nn as nn
 
 from vqgen import checkpoint as ckpt
 from vqgen.adversarial import Adversary
-from vqgen.data import ImageData, Split, iterate_batches, load_data, pixel_batch, to_float, to_uint8
+from vqgen.data import (
+    ImageData,
+    Split,
+    held_out_record,
+    iterate_batches,
+    load_data,
+    pixel_batch,
+    to_float,
+    to_uint8,
+)
 from vqgen.errors import VQGenError
 from vqgen.images import save_grid
 from vqgen.metrics import codes_used, image_mse, perplexity, psnr_from_mse
@@ -235,7 +244,7 @@ def save_reconstructions(model: VQVAE, images: torch.Tensor, path: Path, device:
 
 @owns_process_group
 def train_autoencoder(
-    ae: AEConfig,
+    ae: AEConfig | dict,
     train: TrainConfig,
     data_cfg: DataConfig,
     out: str | Path,
@@ -246,10 +255,16 @@ def train_autoencoder(
 ) -> tuple[dict[str, float], Path]:
     """Train a VQ-VAE into run folder `out`; returns the final held-out metrics and the folder.
 
+    `ae` is a whole AEConfig, or a dict of the AEConfig settings asked for, the rest to come from the data set's
+    preset for the size of its images (vqgen.presets), as the CLI does.
+
     Under torchrun every rank calls this: only rank 0 writes into the folder, all read from it.
     """
     run_dir = Path(out)
     adversarial = adversarial or AdversarialConfig()
+    given = ae if isinstance(ae, dict) else None
+    if given is not None:  # validated now, whatever the preset will add, so a bad setting fails before the data loads
+        ae = resolve_autoencoder(given, preset_for(data_cfg.data))
     if resume:
         ckpt.check_resumable(run_dir)
         saved = ckpt.read_config(run_dir, KIND)
@@ -265,17 +280,26 @@ def train_autoencoder(
             raise VQGenError(f"'{run_dir / ckpt.CONFIG}' is damaged ({e!s:.200}); train the run again") from e
         train = resumed_config(saved["train"], train)
     else:
-        preset = preset_for(data_cfg.data)
+        adversarial.with_preset(preset_for(data_cfg.data)).validate()  # before the data loads
+    data = data_cfg.load()  # everything is checked before the run folder is touched
+    channels, height, width = data.image_shape
+    if not resume:
+        # the one place where a new run's defaults are resolved: its data set's preset, sized for its images
+        preset = preset_for(data_cfg.data, height)
+        if given is not None:
+            ae = resolve_autoencoder(given, preset)
         train = with_stage_defaults(train, preset.ae_steps, preset.ae_lr, preset.ae_batch_size, preset.ae_ema_weights)
         adversarial = adversarial.with_preset(preset)
         adversarial.validate()
     device, dist_info = setup_device(train, "autoencoder")
-    data = data_cfg.load()  # everything is checked before the run folder is touched
-    if data.skipped and console is not None and dist_info.is_main:
-        console.print(
-            f"[yellow]skipped {data.skipped} unreadable image file(s)[/] in '{data_cfg.data}' (--strict stops instead)"
-        )
-    channels, height, width = data.image_shape
+    if console is not None and dist_info.is_main:
+        if data.skipped:
+            console.print(
+                f"[yellow]skipped {data.skipped} unreadable image file(s)[/] in '{data_cfg.data}' "
+                "(--strict stops instead)"
+            )
+        if given is not None:
+            console.print(describe_choice(ae, train, adversarial, data_cfg.data, height))
     if height != width:
         raise VQGenError(f"images are {height}×{width}; vqgen needs square images: pass --image-size N")
     if height % ae.downsample:
@@ -326,6 +350,7 @@ def _train_in(
                     "train_size": len(data.train),
                     "test_size": len(data.test),
                     "skipped": data.skipped,
+                    "held_out": held_out_record(data),
                 },
             },
         )
@@ -342,6 +367,45 @@ def _train_in(
     task = AutoencoderTask(model, data, device, adversary=adversary)
     results = fit(task, train, folder.path, resume=resume, console=console, on_saved=folder.commit)
     return results, folder.final
+
+
+PRESET_FIELDS = ("codebook_size", "hidden", "quantizer", "fsq_levels", "code_factors", "downsample")
+
+
+def resolve_autoencoder(given: dict, preset: Preset) -> AEConfig:
+    """The autoencoder of a new run: the settings `given` (AEConfig fields; those absent or None are unset) over the
+    preset's. The preset's code factors go with its own codebook only (its quantizer, K and levels)."""
+    given = {k: v for k, v in given.items() if v is not None}
+    own = all(k not in given for k in ("quantizer", "codebook_size", "fsq_levels")) or (
+        given.get("quantizer") == preset.ae_quantizer and "codebook_size" not in given and "fsq_levels" not in given
+    )
+    settings = {
+        "codebook_size": preset.codebook_size,
+        "hidden": preset.ae_hidden,
+        "quantizer": preset.ae_quantizer,
+        "fsq_levels": list(preset.fsq_levels),
+        "code_factors": list(preset.code_factors) if own else [],
+        "downsample": preset.ae_downsample,
+    }
+    if "beta" in given and "commitment" not in given:
+        given["commitment"] = 0.25 * given["beta"]
+    try:
+        return AEConfig(**(settings | given))
+    except (ValueError, TypeError) as e:
+        raise VQGenError(str(e)) from e
+
+
+def describe_choice(ae: AEConfig, train: TrainConfig, adversarial: AdversarialConfig, data: str, size: int) -> str:
+    """One line: what the defaults chose for these images, and why."""
+    factors = f" as {'×'.join(map(str, ae.code_factors))} sub-tokens" if ae.code_factors else ""
+    codes = f"K={ae.codebook_size}{factors}"
+    gan = f", adversarial {adversarial.weight} from step {adversarial.start}" if adversarial.weight else ""
+    return (
+        f"{size}×{size} images → {size // ae.downsample}×{size // ae.downsample} codes (downsample {ae.downsample}), "
+        f"{ae.quantizer} "
+        f"{codes}, width {ae.hidden}, {train.steps or train.minutes} {'steps' if train.steps else 'minutes'}{gan} "
+        f"(preset of '{Path(data).name or data}'; flags win)"
+    )
 
 
 def load_autoencoder(run: str | Path, device: torch.device | str = "cpu") -> tuple[VQVAE, dict]:
@@ -383,6 +447,15 @@ def data_for(model: VQVAE, config: dict, data: str | None = None, data_root: str
     elif data_root is not None:
         dc.data_root = data_root
     dataset = dc.load()
+    recorded, now = config.get("dataset", {}).get("held_out"), held_out_record(dataset)
+    if data is None and recorded and now and recorded.get("sha256") != now["sha256"]:
+        import sys
+
+        print(
+            f"note: '{dc.data}' changed since the autoencoder was trained: {now['count']} files are held out now, "
+            f"{recorded.get('count')} were then; files held out then still are (the split goes by file name)",
+            file=sys.stderr,
+        )
     expected = (model.cfg.channels, model.cfg.image_size, model.cfg.image_size)
     if dataset.image_shape != expected:
         raise VQGenError(f"the data is {dataset.image_shape} but the autoencoder expects {expected}")

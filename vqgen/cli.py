@@ -215,13 +215,15 @@ def train_ae(
     strict: StrictOpt = False,
     out: Annotated[Path, typer.Option("--out", help="Run folder to write.")] = Path("runs/ae"),
     quantizer: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--quantizer",
             help="ema (EMA codebook), vq (codebook + commitment loss), simvq "
-            "(frozen random Q times learned W), simvq-diag (diagonal W) or fsq (finite scalar).",
+            "(frozen random Q times learned W), simvq-diag (diagonal W) or fsq (finite scalar). "
+            "Default: the data set's preset (ema).",
+            show_default=False,
         ),
-    ] = "ema",
+    ] = None,
     codebook_size: Annotated[
         int | None,
         typer.Option(
@@ -239,7 +241,15 @@ def train_ae(
         ),
     ] = None,
     res_blocks: Annotated[int, typer.Option("--res-blocks", help="Residual blocks in encoder and decoder.")] = 2,
-    downsample: Annotated[int, typer.Option("--downsample", help="n/m: 2, 4, 8 or 16 (an n×n image → m×m codes).")] = 4,
+    downsample: Annotated[
+        int | None,
+        typer.Option(
+            "--downsample",
+            help="n/m: 2, 4, 8 or 16 (an n×n image → m×m codes). Default: the preset's, 4 up to 32-pixel images; "
+            "larger images of a folder or array file keep an 8×8 grid (8 at 64 pixels).",
+            show_default=False,
+        ),
+    ] = None,
     levels: Annotated[
         int,
         typer.Option(
@@ -286,8 +296,24 @@ def train_ae(
         ),
     ] = True,
     fsq_levels: Annotated[
-        str, typer.Option("--fsq-levels", help="Levels per FSQ dimension, e.g. 8,8,8 (K = their product).")
-    ] = "8,8,8",
+        str | None,
+        typer.Option(
+            "--fsq-levels",
+            help="Levels per FSQ dimension, e.g. 8,8,8 (K = their product). Default: the preset's (8,8,8).",
+            show_default=False,
+        ),
+    ] = None,
+    code_factors: Annotated[
+        str | None,
+        typer.Option(
+            "--code-factors",
+            help="Factorised codes: sub-vocabulary sizes whose product is K, e.g. 128x128, so that the prior predicts "
+            "each code as sub-tokens (a few small softmaxes instead of one K-way one). fsq: products of groups of "
+            "levels counted from the last (8,8,8,6,5 → 240x64); vq/ema/simvq: the codebook is renumbered after "
+            "training by balanced k-means (two sub-tokens). 'none': flat. Default: the data set's preset.",
+            show_default=False,
+        ),
+    ] = None,
     lookup_dim: Annotated[
         int,
         typer.Option(
@@ -362,34 +388,33 @@ def train_ae(
     """
     from vqgen.autoencoder import AdversarialConfig, DataConfig, train_autoencoder
     from vqgen.errors import VQGenError
-    from vqgen.presets import preset_for
-    from vqgen.vqvae import AEConfig
+    from vqgen.factorise import parse_factors
 
-    preset = preset_for(data)
     try:
-        fsq = [int(v) for v in fsq_levels.split(",") if v.strip()]
-        ae = AEConfig(
-            hidden=preset.ae_hidden if hidden is None else hidden,
-            res_blocks=res_blocks,
-            downsample=downsample,
-            embed_dim=embed_dim,
-            codebook_size=preset.codebook_size if codebook_size is None else codebook_size,
-            quantizer=quantizer,
-            beta=beta,
-            commitment=0.25 * beta if commitment is None else commitment,
-            decay=decay,
-            grad=grad,
-            restart_dead=restart_dead,
-            restart_below=restart_below,
-            kmeans_init=kmeans_init,
-            fsq_levels=fsq,
-            lookup_dim=lookup_dim,
-            cosine=cosine,
-            levels=levels,
-        )
+        # the settings asked for; train_autoencoder fills the rest from the preset for the data and its image size
+        ae = {
+            "hidden": hidden,
+            "res_blocks": res_blocks,
+            "downsample": downsample,
+            "embed_dim": embed_dim,
+            "codebook_size": codebook_size,
+            "quantizer": quantizer,
+            "beta": beta,
+            "commitment": commitment,
+            "decay": decay,
+            "grad": grad,
+            "restart_dead": restart_dead,
+            "restart_below": restart_below,
+            "kmeans_init": kmeans_init,
+            "fsq_levels": None if fsq_levels is None else [int(v) for v in fsq_levels.split(",") if v.strip()],
+            "lookup_dim": lookup_dim,
+            "cosine": cosine,
+            "levels": levels,
+            "code_factors": None if code_factors is None else parse_factors(code_factors),
+        }
     except ValueError as e:
         raise VQGenError(f"{e}") from e
-    if grad not in ("ste", "rotation"):
+    if grad not in ("ste", "rotation"):  # checked after AEConfig so that its message wins
         raise VQGenError(f"--grad must be ste or rotation, not '{grad}'")
     train = _train_config(
         steps=steps,
@@ -513,6 +538,46 @@ def encode(
     )
 
 
+@app.command()
+def factorise(
+    ae: Annotated[Path, typer.Option("--ae", help="Autoencoder run folder to factorise.")] = Path("runs/ae"),
+    factors: Annotated[
+        str,
+        typer.Option(
+            "--factors",
+            help="Sub-vocabulary sizes whose product is K, most significant first: e.g. 128x128 for K=16384 "
+            "(vq/ema/simvq: the codebook is renumbered by balanced k-means; fsq: groups of levels from the last).",
+        ),
+    ] = "128x128",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Run folder of the factorised copy (default: the --ae folder + '-factorised').",
+            show_default=False,
+        ),
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Copy a trained autoencoder with factorised codes (train-ae --code-factors does this while training).
+
+    The networks are unchanged and so are its images; only the code numbers change, so that a prior predicts each
+    code as a few sub-tokens (one small softmax each) rather than with one K-way softmax. Encode with the copy.
+    """
+    from vqgen.autoencoder import factorise_autoencoder
+    from vqgen.errors import VQGenError
+    from vqgen.factorise import parse_factors
+
+    try:
+        sizes = parse_factors(factors)
+    except ValueError as e:
+        raise VQGenError(str(e)) from e
+    if not sizes:
+        raise VQGenError("--factors names at least two sub-vocabulary sizes, e.g. 128x128")
+    run_dir = factorise_autoencoder(ae, sizes, out or Path(f"{ae}-factorised"), force)
+    _console().print(f"wrote {run_dir}: codes of K={'×'.join(map(str, sizes))}; encode with --ae {run_dir}")
+
+
 @app.command("train-prior")
 def train_prior_cmd(
     codes: Annotated[
@@ -535,6 +600,14 @@ def train_prior_cmd(
             show_default=False,
         ),
     ] = None,
+    flat: Annotated[
+        bool,
+        typer.Option(
+            "--flat",
+            help="One K-way softmax even when the codes factorise (by default a prior of factorised codes predicts "
+            "each code's sub-tokens in turn, as the codes file records).",
+        ),
+    ] = False,
     level: Annotated[
         str | None,
         typer.Option(
@@ -624,7 +697,7 @@ def train_prior_cmd(
     console = _console()
     out = out or Path("runs/prior-bottom" if level == "bottom" else "runs/prior")
     results, run_dir = train_prior(
-        prior, train, codes, out, class_conditional, resume, force, console, layers, width, heads, level
+        prior, train, codes, out, class_conditional, resume, force, console, layers, width, heads, level, flat
     )
     _print_table(f"held-out results ({run_dir})", results, console)
 

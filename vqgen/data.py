@@ -101,6 +101,7 @@ class ImageData:
     num_classes: int  # 0 when the data has no labels
     class_names: list[str] | None = None
     skipped: int = 0  # unreadable files skipped while loading a folder
+    held_out: list[str] | None = None  # a folder's held-out files (paths relative to it), in the test split's order
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -277,6 +278,32 @@ def _held_out_split(images: torch.Tensor | MappedImages, labels: torch.Tensor | 
     return Split(take(train_idx), pick(labels, train_idx)), Split(take(test_idx), pick(labels, test_idx))
 
 
+def held_out_by_name(names: list[str]) -> torch.Tensor:
+    """Which files of a folder are held out: those whose path's SHA-1 falls in the first HELD_OUT_FRACTION of its
+    range. The choice depends on each file's own name only, so adding or removing files never moves another file
+    between the splits, and a run's held-out images stay held out for every later command and run (at least one
+    file is held out, and at least one trains)."""
+    import hashlib
+
+    keys = torch.tensor([int.from_bytes(hashlib.sha1(n.encode()).digest()[:4], "big") for n in names], dtype=torch.long)
+    held = keys < int(HELD_OUT_FRACTION * 2**32)
+    if len(names) >= 2 and not held.any():
+        held[keys.argmin()] = True
+    if len(names) >= 2 and held.all():
+        held[keys.argmax()] = False
+    return held
+
+
+def held_out_record(data: ImageData) -> dict | None:
+    """What a run records of a folder's held-out files: how many, and a digest of their names."""
+    if data.held_out is None:
+        return None
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(sorted(data.held_out)).encode()).hexdigest()
+    return {"rule": "sha1 of the file's path", "count": len(data.held_out), "sha256": digest}
+
+
 def _load_folder(
     path: Path, root: Path, image_size: int | None, channels: int | None, strict: bool, seed: int
 ) -> ImageData:
@@ -285,9 +312,17 @@ def _load_folder(
     folder = load_folder(path, root, image_size, channels, strict)
     images = MappedImages(folder.array, folder.rows)
     labels = torch.from_numpy(folder.labels) if folder.labels is not None else None
-    train, test = _held_out_split(images, labels, seed)
+    if len(folder.names) < 2:
+        raise VQGenError(
+            f"the data has {len(folder.names)} image(s); at least 2 are needed (one to train, one to hold out)"
+        )
+    held = held_out_by_name(folder.names)
+    test_idx, train_idx = held.nonzero().squeeze(1), (~held).nonzero().squeeze(1)
+    pick = (lambda idx: None) if labels is None else (lambda idx: labels[idx])
+    train, test = Split(images.subset(train_idx), pick(train_idx)), Split(images.subset(test_idx), pick(test_idx))
     names = folder.class_names
-    return ImageData(path.name, train, test, len(names or []), names, len(folder.skipped))
+    held_out = [folder.names[i] for i in test_idx.tolist()]
+    return ImageData(path.name, train, test, len(names or []), names, len(folder.skipped), held_out)
 
 
 def _load_array_file(path: Path, seed: int) -> ImageData:

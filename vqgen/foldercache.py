@@ -38,6 +38,7 @@ class DecodedFolder:
     labels: np.ndarray | None  # (N,) int64, one per decoded row
     class_names: list[str] | None
     skipped: list[str]  # files that could not be read, relative to the folder
+    names: list[str] | None = None  # (N,) the decoded files' paths relative to the folder, one per row
 
 
 def image_extensions() -> set[str]:
@@ -177,7 +178,8 @@ def load_folder(
     if rows.size == 0:
         raise VQGenError(f"none of the {len(files)} image files in '{path}' could be read")
     label_array = np.asarray(labels, dtype=np.int64)[rows] if labels is not None else None
-    return DecodedFolder(array, rows, label_array, class_names, [name for name, _ in skipped])
+    names = [files[r].relative_to(path).as_posix() for r in rows.tolist()]
+    return DecodedFolder(array, rows, label_array, class_names, [name for name, _ in skipped], names)
 
 
 def _read_index(where: Path, stamp: str) -> dict | None:

@@ -10,7 +10,7 @@ number; the comments below say which.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
@@ -23,6 +23,7 @@ class Preset:
     fsq_levels: tuple[int, ...] = (8, 8, 8)  # the levels of the fsq quantizer, K their product
     code_factors: tuple[int, ...] = ()  # sub-vocabulary sizes of a code (vqgen.factorise); (): flat codes
     ae_hidden: int = 128
+    ae_downsample: int = 4  # n/m: an n×n image → m×m codes
     ae_steps: int = 3000
     ae_lr: float = 3e-3
     ae_batch_size: int = 64
@@ -97,8 +98,9 @@ PRESETS = {
 BY_FILE_NAME = ("fashion-mnist", "mnist", "cifar10")
 
 
-def preset_for(dataset: str | None) -> Preset:
-    """The defaults for data set `dataset` (a built-in name, a path, or None)."""
+def preset_for(dataset: str | None, image_size: int | None = None) -> Preset:
+    """The defaults for data set `dataset` (a built-in name, a path, or None) of n×n images (n = `image_size`,
+    where known): a named set's own, else the real-data recipe sized for n (`sized_preset`)."""
     name = (dataset or "").strip().lower()
     if name in PRESETS:
         return PRESETS[name]
@@ -106,4 +108,35 @@ def preset_for(dataset: str | None) -> Preset:
     for key in BY_FILE_NAME:
         if key in PRESETS and re.match(re.escape(key) + r"($|[^a-z0-9])", base):
             return PRESETS[key]
-    return Preset()
+    return sized_preset(image_size) if image_size else Preset()
+
+
+# Steps at n pixels = CIFAR-10's × (32/n)² × this ratio: how much cheaper per pixel a step is at 8× downsampling than
+# at 4× (the extra outer stage is a narrow one); docs/results.md has the timing behind it.
+LARGE_IMAGE_STEP_RATIO = 1.0
+
+
+def grid_downsample(image_size: int) -> int:
+    """The downsampling factor that brings an n×n image closest to an 8×8 grid of codes (dividing n where one does):
+    the prior's sequence, and so its cost, stays that of CIFAR-10's grid at any image size."""
+    choices = [d for d in (2, 4, 8, 16) if image_size % d == 0] or [2, 4, 8, 16]
+    return min(choices, key=lambda d: (abs(image_size / d - 8), -d))
+
+
+def sized_preset(image_size: int) -> Preset:
+    """The real-data recipe for n×n images of a folder or array file: up to 32 pixels the plain one (4× downsampling);
+    larger images keep an 8×8 grid (`grid_downsample`), so stage two costs what it costs at 32 pixels, and take
+    CIFAR-10's natural-image recipe for stage one with fewer steps, in proportion to the pixels, so that stage one
+    keeps to its time."""
+    base = Preset()
+    if image_size <= 32:
+        return base
+    natural = PRESETS["cifar10"]
+    pixels = (32 / image_size) ** 2
+    steps = max(500, round(natural.ae_steps * pixels * LARGE_IMAGE_STEP_RATIO / 100) * 100)
+    return replace(
+        natural,
+        ae_downsample=grid_downsample(image_size),
+        ae_steps=steps,
+        ae_adversarial_start=round(steps * natural.ae_adversarial_start / natural.ae_steps / 100) * 100,
+    )

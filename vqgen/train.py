@@ -360,6 +360,9 @@ class Task:
     def after_step(self) -> None:
         """Updates of the task's own after the optimizer step (the adversarial discriminator's)."""
 
+    def before_save(self) -> None:
+        """Derived state to refresh before the weights are written (a renumbered codebook's code order)."""
+
     def extra_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """Tensors and JSON-able settings of the task's own that --resume needs (prefixed by the task)."""
         return {}, {}
@@ -741,6 +744,8 @@ def fit(
     def checkpoint(step: int) -> None:
         nonlocal run_dir, saved_step
         check_finite(step)
+        with _maybe_applied(average):
+            task.before_save()  # on every rank, so that all keep the same model
         if main:
             save_state(run_dir, model, opt, order, step, {"total": total}, average, task)
             with _maybe_applied(average):

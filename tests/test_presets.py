@@ -1,0 +1,81 @@
+"""Defaults that follow the data: the size rule for folders and array files, named sets' own presets, flags win."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vqgen.autoencoder import resolve_autoencoder
+from vqgen.errors import VQGenError
+from vqgen.presets import PRESETS, grid_downsample, preset_for
+
+from conftest import run_cli
+
+
+def test_the_grid_stays_near_eight_by_eight_whatever_the_image_size():
+    for size in (28, 32, 64, 128):
+        d = grid_downsample(size)
+        assert size % d == 0
+        assert abs(size // d - 8) <= 1  # 7×7 for MNIST's 28 pixels, 8×8 from 32 up
+
+
+def test_presets_follow_the_image_size_of_unnamed_data_only():
+    small, large = preset_for("photos/", 32), preset_for("photos/", 64)
+    assert (32 // small.ae_downsample, 64 // large.ae_downsample) == (8, 8)
+    assert large.ae_steps < PRESETS["cifar10"].ae_steps  # four times the pixels: fewer steps in the same time
+    assert large.ae_adversarial > 0 and large.ae_adversarial_start < large.ae_steps
+    assert preset_for("mnist", 64) is PRESETS["mnist"]  # a named set keeps its own, whatever the size
+    assert preset_for("photos/") == preset_for("photos/", 32)
+
+
+def test_a_flag_always_wins_over_the_preset():
+    preset = preset_for("photos/", 64)
+    assert resolve_autoencoder({}, preset).downsample == preset.ae_downsample
+    assert resolve_autoencoder({"downsample": 4, "hidden": None}, preset).downsample == 4
+    chosen = resolve_autoencoder({"codebook_size": 4096}, preset)
+    assert chosen.codebook_size == 4096 and chosen.code_factors == []  # the preset's factors go with its own K only
+    with pytest.raises(VQGenError, match="downsample"):
+        resolve_autoencoder({"downsample": 3}, preset)
+
+
+def test_a_64_pixel_folder_gets_an_8x8_grid_and_says_why(in_tmp):
+    rng = np.random.default_rng(0)
+    for label in ("cats", "dogs"):
+        (in_tmp / "photos" / label).mkdir(parents=True)
+        for i in range(12):
+            pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(in_tmp / "photos" / label / f"{i}.png")
+    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(in_tmp / "photos" / "cats" / "grey.png")
+    small = ("--hidden", "16", "--embed-dim", "8", "--batch-size", "4", "--steps", "2", "--adversarial", "0")
+    result = run_cli("train-ae", "--data", "photos", *small)
+    assert result.code == 0, result.err
+    assert "64×64 images → 8×8 codes" in result.out.replace("\n", " ")
+    config = json.loads((in_tmp / "runs/ae/config.json").read_text())
+    assert config["model"]["downsample"] == 8 and config["model"]["channels"] == 3
+    result = run_cli("train-ae", "--data", "photos", *small, "--downsample", "4", "--out", "runs/ae4")
+    assert result.code == 0, result.err
+    assert json.loads((in_tmp / "runs/ae4/config.json").read_text())["model"]["downsample"] == 4
+
+
+def test_held_out_files_stay_held_out_when_the_folder_grows(tmp_path):
+    from vqgen.data import load_data
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+
+    def add(start: int, stop: int) -> None:
+        for i in range(start, stop):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+
+    add(0, 60)
+    before = load_data(str(folder), tmp_path / "root")
+    assert 0 < len(before.held_out) < 60 and len(before.test) == len(before.held_out)
+    add(60, 120)
+    after = load_data(str(folder), tmp_path / "root")
+    assert set(before.held_out) <= set(after.held_out)  # what was held out still is
+    trained_before = {f"{i:03d}.png" for i in range(60)} - set(before.held_out)
+    assert not trained_before & set(after.held_out)  # and no training image became a held-out one

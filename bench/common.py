@@ -41,6 +41,28 @@ def machine() -> dict:
     }
 
 
+def git_commit() -> dict:
+    """The checkout the benchmark runs from: `git rev-parse HEAD` and whether tracked files differ from it (dirty),
+    with the frozen copy of vqgen/ that VQGEN_BENCH_SRC names, if any. sha None outside a git checkout."""
+
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if sha else None
+    record: dict = {"sha": sha, "dirty": None if status is None else bool(status)}
+    if os.environ.get("VQGEN_BENCH_SRC"):
+        record["vqgen_source"] = os.environ["VQGEN_BENCH_SRC"]
+    return record
+
+
+COMMIT_AT_START = git_commit()  # when the benchmark was started (this module is imported first)
+
+
 def matmul_peak(dtype, n: int = 2048, repeats: int = 10) -> float:
     """FLOP/s of an n×n by n×n matmul in `dtype`, best of `repeats`."""
     import torch
@@ -95,10 +117,14 @@ def mean_rate(run: Path, key: str) -> float:
 
 
 def write_result(name: str, command: str, figures) -> Path:
+    """bench/results/NAME.json: the command that repeats it, the commit it ran from, the machine and the figures."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(
-        json.dumps({"benchmark": name, "command": command, "machine": machine(), "figures": figures}, indent=2) + "\n"
-    )
+    commit = dict(COMMIT_AT_START)
+    now = git_commit()
+    if now != COMMIT_AT_START:  # the checkout changed while the benchmark ran: say so
+        commit["at_end"] = now
+    record = {"benchmark": name, "command": command, "commit": commit, "machine": machine(), "figures": figures}
+    path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
     return path

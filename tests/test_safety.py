@@ -448,3 +448,165 @@ def test_disk_full_is_one_line(run_copy, monkeypatch):
     result = run_cli("encode", "--ae", str(run_copy), "--out", "codes.safetensors")
     assert_clean_error(result, "No space left on device")
     assert not Path("codes.safetensors").exists() and not list(Path(".").glob(".codes*"))
+
+
+# ------------------------------------------------------------------------- sizes checked before anything is built
+
+
+@pytest.mark.parametrize(
+    ("levels", "needle"),
+    [
+        ("1000,1000,1000", "at most 1,048,576"),  # K = 10^9: was killed by the kernel's out-of-memory killer
+        ("1", "each at least 2"),
+        ("0,8", "each at least 2"),
+        ("8,a", "integers separated by commas"),
+        ("²", "integers separated by commas"),
+    ],
+)
+def test_fsq_levels_are_bounded_before_anything_is_written(in_tmp, levels, needle):
+    result = run_cli("train-ae", "--quantizer", "fsq", "--fsq-levels", levels, "--out", "run")
+    assert_clean_error(result, "--fsq-levels", needle)
+    assert not (in_tmp / "run").exists()
+
+
+def test_model_sizes_are_bounded_together():
+    from vqgen.priors import PriorConfig, build_prior
+    from vqgen.priors import estimate_parameters as prior_parameters
+    from vqgen.vqvae import VQVAE, AEConfig, estimate_parameters
+
+    # each size within its own bound, their product not: refused from the sizes alone, before anything is built
+    with pytest.raises(ValueError, match="parameters, over the limit of 1,073,741,824"):
+        AEConfig(hidden=8192, res_hidden=8192, res_blocks=64)
+    with pytest.raises(ValueError, match="parameters, over the limit"):
+        PriorConfig(codebook_size=1 << 20, n_embd=4096, n_head=4)
+    with pytest.raises(ValueError, match="num_classes must be an integer in"):
+        PriorConfig(num_classes=10**9)
+    # the estimates the bounds use are close to the real counts
+    for cfg in (AEConfig(hidden=32, embed_dim=8, codebook_size=64), AEConfig(levels=2, quantizer="fsq", hidden=16)):
+        model = VQVAE(cfg)
+        real = sum(t.numel() for t in [*model.parameters(), *model.buffers()])
+        assert 0.7 < estimate_parameters(cfg) / real < 1.5
+    for cfg in (PriorConfig(n_embd=32), PriorConfig(arch="pixelcnn", num_classes=10, factors=[16, 32])):
+        real = sum(t.numel() for t in build_prior(cfg).parameters())
+        assert 0.7 < prior_parameters(cfg) / real < 1.5
+
+
+def _codes_file(path: Path, **changes) -> None:
+    from dataclasses import replace
+
+    from vqgen.codes import CodesFile, save_codes
+
+    grids, labels = torch.zeros(4, 2, 2, dtype=torch.long), torch.tensor([0, 1, 0, 1])
+    codes = CodesFile(grids, grids.clone(), labels, labels.clone(), 16, 2, 2, "shapes", "", "")
+    save_codes(path, replace(codes, **changes))
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"codebook_size": 10**9}, "K (codebook_size) = 1000000000, outside [2, 1,048,576]"),
+        ({"num_classes": 10**9}, "num_classes = 1000000000, outside [0, 65,536]"),
+        ({"grid_size": 10**6}, "grid_size"),
+    ],
+)
+def test_codes_file_claiming_huge_sizes_is_damaged(in_tmp, changes, needle):
+    from vqgen.codes import load_codes
+
+    _codes_file(in_tmp / "ok.codes")
+    assert load_codes(in_tmp / "ok.codes").num_classes == 2
+    _codes_file(in_tmp / "bad.codes", **changes)
+    with pytest.raises(VQGenError, match="is damaged"):
+        load_codes(in_tmp / "bad.codes")
+    result = run_cli("train-prior", "--codes", "bad.codes", "--steps", "1", "--out", "prior")
+    assert_clean_error(result, "'bad.codes' is damaged", needle)
+    assert not (in_tmp / "prior").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("sample", "--n", str(10**12)), "--n must be an integer from 1 to 1,000,000"),
+        (("sample", "--batch-size", str(10**12)), "--batch-size must be an integer from 1 to 65,536"),
+        (("sample", "--batch-size", "0"), "--batch-size"),
+        (("complete", "--image", "x.png", "--n", str(10**7)), "--n must be an integer from 1 to 1,000,000"),
+    ],
+)
+def test_sampling_counts_are_bounded_before_loading(in_tmp, args, needle):
+    # no prior exists: the counts are refused before anything is loaded
+    assert_clean_error(run_cli(*args, "--prior", "missing"), needle)
+    assert not (in_tmp / "samples").exists()
+
+
+@pytest.mark.parametrize("batch", ["0", "-5", str(10**12)])
+def test_encode_batch_size_is_bounded_before_loading(in_tmp, batch):
+    # -5 encoded nothing and wrote an empty codes file; 10^12 encoded the whole data set in one batch
+    result = run_cli("encode", "--ae", "missing", "--out", "c.codes", "--batch-size", batch)
+    assert_clean_error(result, "--batch-size must be an integer from 1 to 65,536")
+    assert not (in_tmp / "c.codes").exists()
+
+
+def test_class_indices_are_ascii_digits():
+    from types import SimpleNamespace
+
+    from vqgen.sample import Pipeline, SamplingOptions, resolve_classes
+
+    pipe = SimpleNamespace(num_classes=4, class_names=["a", "b", "c", "d"])
+    assert resolve_classes(pipe, ["2", "b"], 4)[0].tolist() == [2, 1, 2, 1]
+    for value, needle in (("²", "is not a class index"), ("٣", "is not a class index"), ("9" * 40, "out of range")):
+        with pytest.raises(VQGenError, match=needle):
+            resolve_classes(pipe, [value], 4)
+    with pytest.raises(VQGenError, match="--n must be an integer from 1 to 1,000,000"):
+        resolve_classes(pipe, ["all"], 10**12)
+    with pytest.raises(VQGenError, match="^n must be an integer"):  # the Python API names its argument
+        Pipeline.generate_codes(pipe, 10**12)
+    with pytest.raises(VQGenError, match="^batch_size must be an integer from 1 to 65,536"):
+        SamplingOptions(batch_size=10**12, from_python=True).check()
+
+
+def _prior_folder(path: Path) -> Path:
+    """A prior run folder as train-prior writes it, without weights: the model section is read before them."""
+    from vqgen.priors import PriorConfig
+
+    path.mkdir()
+    model = PriorConfig(codebook_size=16, grid_size=2, n_layer=1, n_embd=16, n_head=1).to_dict()
+    ckpt.write_config(path, "prior", {"model": model, "train": {}, "codes": {"path": "c", "level": "single"}})
+    (path / ckpt.STATE).write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda m: m.update(codebook_size=None), "codebook_size"),
+        (lambda m: m.update(grid_size="8"), "grid_size"),
+        (lambda m: m.pop("codebook_size"), "has no codebook_size"),
+        (lambda m: m.pop("arch"), "has no arch"),
+        (lambda m: m.update(arch=None), "arch"),
+        (lambda m: m.update(factors="4x4"), "code factors"),
+        (lambda m: m.update(factors=[3, 5]), "do not multiply to K=16"),
+        (lambda m: m.update(num_classes=10**9), "num_classes"),
+        (lambda m: m.update(class_dropout=None), "class_dropout"),
+        (lambda m: m.update(dropout="x"), "dropout"),
+        (lambda m: m.update(n_embd=16384, n_layer=256), "parameters"),
+    ],
+)
+def test_damaged_prior_model_section_is_one_line(in_tmp, edit, needle):
+    run = _prior_folder(in_tmp / "prior")
+    _edit_config(run, lambda c: edit(c["model"]))
+    before = snapshot(run)
+    for args in (("train-prior", "--out", str(run), "--resume", "--steps", "2"), ("sample", "--prior", str(run))):
+        assert_clean_error(run_cli(*args), f"'{run / ckpt.CONFIG}' has a damaged model section", needle)
+    assert snapshot(run) == before and not (in_tmp / "samples").exists()
+
+
+def test_benchmark_results_record_the_commit(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_common", REPO / "bench" / "common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    record = json.loads(common.write_result("probe", "python bench/probe.py", {"x": 1}).read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    assert record["command"] == "python bench/probe.py" and record["machine"]["cores"]
+    assert record["commit"]["sha"] == head and isinstance(record["commit"]["dirty"], bool)

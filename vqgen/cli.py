@@ -185,6 +185,16 @@ def _check_output_file(path: Path | None) -> None:
         raise VQGenError(f"--out '{path}' is a directory; give the path of a file to write")
 
 
+def _parse_levels(text: str) -> list[int]:
+    """--fsq-levels '8,8,8' → [8, 8, 8]: ASCII digits only (int() would take '٨' or '1_0'), checked by AEConfig."""
+    import re
+
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not all(re.fullmatch(r"[0-9]{1,9}", part) for part in parts):
+        raise ValueError(f"--fsq-levels are integers separated by commas (e.g. 8,8,8), not '{text[:40]}'")
+    return [int(part) for part in parts]
+
+
 def _check_seed(seed: int) -> None:
     from vqgen.train import check_seed
 
@@ -406,7 +416,7 @@ def train_ae(
             "restart_dead": restart_dead,
             "restart_below": restart_below,
             "kmeans_init": kmeans_init,
-            "fsq_levels": None if fsq_levels is None else [int(v) for v in fsq_levels.split(",") if v.strip()],
+            "fsq_levels": None if fsq_levels is None else _parse_levels(fsq_levels),
             "lookup_dim": lookup_dim,
             "cosine": cosine,
             "levels": levels,
@@ -774,11 +784,13 @@ def sample(
     precision: SamplePrecisionOpt = "auto",
 ) -> None:
     """Sample new images: prior → codebook lookup → decoder. Writes OUT/grid.png and one PNG per image."""
-    from vqgen.sample import SamplingOptions, load_pipeline
+    from vqgen.sample import SamplingOptions, check_count, load_pipeline
     from vqgen.sample import sample as run_sample
 
     _check_seed(seed)
+    check_count(n, "--n")
     opts = SamplingOptions(temperature, top_k, top_p, batch_size, seed, use_cache=not no_cache, guidance=guidance)
+    opts.check()  # before anything is loaded; --top-k is checked against the prior's K
     pipe = load_pipeline(prior, device, ae, ignore_hash, precision, bottom_prior)
     wanted = ["all"] if classes_all else (classes or [])
     result = run_sample(pipe, n, out, opts, wanted, save_codes)
@@ -821,12 +833,14 @@ def complete(
 
     Writes a grid with one row per image: the original, the kept part, then the completions.
     """
-    from vqgen.sample import SamplingOptions, load_pipeline
+    from vqgen.sample import SamplingOptions, check_count, load_pipeline
     from vqgen.sample import complete as run_complete
 
     _check_seed(seed)
-    pipe = load_pipeline(prior, device, ae, ignore_hash, precision, bottom_prior)
+    check_count(n, "--n")
     opts = SamplingOptions(temperature, top_k, top_p, seed=seed, guidance=guidance)
+    opts.check()
+    pipe = load_pipeline(prior, device, ae, ignore_hash, precision, bottom_prior)
     path = run_complete(pipe, images, keep_rows, n, out, opts, label)
     _console().print(f"wrote {path}")
 

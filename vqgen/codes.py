@@ -19,6 +19,7 @@ from vqgen import checkpoint as ckpt
 from vqgen.data import Split, iterate_batches, pixel_batch, to_float
 from vqgen.errors import VQGenError
 from vqgen.factorise import check_factors
+from vqgen.limits import MAX_BATCH, MAX_CLASSES, MAX_CODEBOOK, MAX_GRID, check_count
 from vqgen.metrics import codes_used, perplexity
 
 
@@ -102,6 +103,22 @@ def load_codes(path: str | Path) -> CodesFile:
         factors = check_factors(json.loads(meta.get("factors", "[]")), k)
     except (KeyError, ValueError, TypeError, RecursionError) as e:
         raise VQGenError(f"'{path}' has damaged metadata ({e}); encode the data again") from e
+    # bounded before anything is built from them: a prior's embeddings have K rows, its class table classes + 1
+    for what, value, lower, upper in (
+        ("K (codebook_size)", k, 2, MAX_CODEBOOK),
+        ("grid_size", m, 1, MAX_GRID),
+        ("num_classes", classes, 0, MAX_CLASSES),
+    ):
+        if not lower <= value <= upper:
+            shown = value if abs(value) < 1 << 64 else f"a {value.bit_length()}-bit number"
+            raise VQGenError(
+                f"'{path}' is damaged: its metadata claims {what} = {shown}, outside [{lower}, {upper:,}]; "
+                "encode the data again"
+            )
+    if class_names is not None and (
+        not isinstance(class_names, list) or not all(isinstance(c, str) for c in class_names)
+    ):
+        raise VQGenError(f"'{path}' is damaged: its class_names are not a list of names; encode the data again")
     levels = meta.get("levels", "1")
     if levels not in ("1", "2"):
         raise VQGenError(f"'{path}' has damaged metadata (levels {levels!r}); encode the data again")
@@ -185,6 +202,7 @@ def encode_dataset(
     from vqgen.progress import make_progress
     from vqgen.train import resolve_device
 
+    check_count(batch_size, "--batch-size", MAX_BATCH)  # 0 or less encoded nothing and wrote an empty file
     dev = resolve_device(device)
     model, config = load_autoencoder(ae_run, dev)
     dataset = data_for(model, config, data, data_root)

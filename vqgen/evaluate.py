@@ -100,10 +100,12 @@ class EvalOptions:
     classifier_steps: int | None = None  # None: as the data set's ClassifierRecipe says
 
     def validate(self) -> None:
+        from vqgen.limits import MAX_BATCH, MAX_SAMPLES, check_count
+
+        check_count(self.n, "--n", MAX_SAMPLES)
         if self.n < 2:
             raise VQGenError(f"--n must be at least 2 (a Fréchet distance needs a covariance), not {self.n}")
-        if self.batch_size < 1:
-            raise VQGenError(f"--batch-size must be at least 1, not {self.batch_size}")
+        check_count(self.batch_size, "--batch-size", MAX_BATCH)
         if not self.temperature > 0:
             raise VQGenError(f"--temperature must be > 0, not {self.temperature}")
         if self.classes not in ("all", "none", "null"):

@@ -7,7 +7,9 @@ top first: [(N, m, m)] for one level, [(N, m/2, m/2), (N, m, m)] for two."""
 from __future__ import annotations
 
 import math
+import numbers
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -20,6 +22,8 @@ from vqgen import checkpoint as ckpt
 from vqgen.data import to_uint8
 from vqgen.errors import VQGenError
 from vqgen.images import save_grid, save_image
+from vqgen.limits import MAX_BATCH, MAX_SAMPLES, check_count
+from vqgen.limits import is_int as _is_int
 
 
 @dataclass
@@ -33,22 +37,36 @@ class SamplingOptions:
     guidance: float | None = None  # None: the scale recorded in the prior's config.json (else no guidance)
     from_python: bool = False  # errors name the Python argument (top_k), not the flag (--top-k)
 
-    def validate(self, codebook_size: int) -> None:
-        def name(flag: str) -> str:
-            return flag.removeprefix("--").replace("-", "_") if self.from_python else flag
+    def name(self, flag: str) -> str:
+        """How errors name a setting: the flag (--top-k), or for Python callers the argument (top_k)."""
+        return flag.removeprefix("--").replace("-", "_") if self.from_python else flag
 
+    def check(self) -> None:
+        """Every setting that does not depend on the prior, checked before anything is loaded."""
+        name = self.name
+        check_count(self.batch_size, name("--batch-size"), MAX_BATCH)
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+            raise VQGenError(f"{name('--seed')} must be an integer from 0 to {2**32 - 1}, not {self.seed!r:.40}")
+        numbers_ = (("--temperature", self.temperature), ("--top-p", self.top_p), ("--guidance", self.guidance))
+        for flag, value in numbers_:
+            optional = flag != "--temperature"
+            if not (value is None and optional) and (not isinstance(value, numbers.Real) or isinstance(value, bool)):
+                raise VQGenError(f"{name(flag)} must be a number, not {value!r:.40}")
+        if self.top_k is not None and not _is_int(self.top_k):
+            raise VQGenError(f"{name('--top-k')} must be an integer, not {self.top_k!r:.40}")
         if self.guidance is not None and not (self.guidance >= 0 and math.isfinite(self.guidance)):
             raise VQGenError(
                 f"{name('--guidance')} must be a number >= 0 (1 = plain conditional sampling), not {self.guidance}"
             )
         if not self.temperature > 0:
             raise VQGenError(f"{name('--temperature')} must be > 0, not {self.temperature}")
-        if self.top_k is not None and not 1 <= self.top_k <= codebook_size:
-            raise VQGenError(f"{name('--top-k')} must be between 1 and K={codebook_size}, not {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise VQGenError(f"{name('--top-p')} must be in (0, 1], not {self.top_p}")
-        if self.batch_size < 1:
-            raise VQGenError(f"{name('--batch-size')} must be at least 1, not {self.batch_size}")
+
+    def validate(self, codebook_size: int) -> None:
+        self.check()
+        if self.top_k is not None and not 1 <= self.top_k <= codebook_size:
+            raise VQGenError(f"{self.name('--top-k')} must be between 1 and K={codebook_size}, not {self.top_k}")
 
 
 @dataclass
@@ -140,9 +158,9 @@ class Pipeline:
         use_cache: bool = True,
     ) -> list[torch.Tensor]:
         """The code grids `generate` decodes, one int64 (n, m_l, m_l) per level, top first."""
-        if n < 1:
-            raise VQGenError(f"n must be at least 1, not {n}")
+        check_count(n, "n")
         opts = SamplingOptions(temperature, top_k, top_p, batch_size, seed, use_cache, guidance, from_python=True)
+        opts.validate(self.prior.cfg.codebook_size)
         labels, _ = resolve_classes(self, class_args(classes), n, seed)
         return sample_levels(self, n, labels, opts)
 
@@ -156,6 +174,7 @@ class Pipeline:
 
     def decode(self, levels: list[torch.Tensor], batch_size: int = 256) -> torch.Tensor:
         """The code grid of each level, top first → uint8 images (N, C, H, W) on the CPU."""
+        check_count(batch_size, "batch_size", MAX_BATCH)
         return decode_codes(self, levels, batch_size)
 
     def complete(
@@ -316,6 +335,7 @@ def resolve_classes(
     p(x) = Σ_y p(y)·p(x | y). 'null' is the literal null class, which saw only the class-dropout fraction of the
     batches, so its samples are the weaker ones. Labels None means the null class.
     """
+    check_count(n, "--n")
     if classes == ["null"] or (classes == ["none"] and pipe.num_classes == 0):
         return None, None
     if not classes:
@@ -331,15 +351,16 @@ def resolve_classes(
         return balanced_classes(n, pipe.num_classes)
     ids = []
     for c in classes:
-        if c.lstrip("-").isdigit():
-            idx = int(c)
+        c = str(c)
+        if re.fullmatch(r"-?[0-9]+", c):  # ASCII digits only: str.isdigit() takes '²', which int() refuses
+            idx = int(c) if len(c) <= 18 else -1
         elif pipe.class_names and c in pipe.class_names:
             idx = pipe.class_names.index(c)
         else:
             names = f" or one of {', '.join(pipe.class_names)}" if pipe.class_names else ""
-            raise VQGenError(f"--class '{c}' is not a class index 0..{pipe.num_classes - 1}{names}")
+            raise VQGenError(f"--class '{c[:40]}' is not a class index 0..{pipe.num_classes - 1}{names[:200]}")
         if not 0 <= idx < pipe.num_classes:
-            raise VQGenError(f"--class {idx} is out of range: this prior has classes 0..{pipe.num_classes - 1}")
+            raise VQGenError(f"--class {c[:40]} is out of range: this prior has classes 0..{pipe.num_classes - 1}")
         ids.append(idx)
     return torch.tensor(ids)[torch.arange(n) % len(ids)], None
 
@@ -492,8 +513,8 @@ def sample(
     save_codes: bool = False,
 ) -> SampleResult:
     """Sample n images into `out`: grid.png plus 000.png, 001.png, ... (and codes.safetensors if asked)."""
-    if n < 1:
-        raise VQGenError(f"--n must be at least 1, not {n}")
+    check_count(n, "--n")
+    opts.validate(pipe.prior.cfg.codebook_size)
     labels, per_row = resolve_classes(pipe, classes or [], n, opts.seed)
     out = Path(out)
     try:
@@ -546,6 +567,9 @@ def complete(
     cfg = pipe.ae.cfg
     if not image_paths:
         raise VQGenError("give at least one --image FILE")
+    check_count(n, "--n")
+    check_count(len(image_paths) * n, f"{len(image_paths)} images × --n")
+    opts.check()
     originals = torch.stack([load_image(p, cfg.channels, cfg.image_size) for p in image_paths])  # (I, C, n, n)
     codes, completed = complete_levels(pipe, originals, keep_rows, n, opts, label)
     kept = pipe.decode(codes)
@@ -567,13 +591,17 @@ def complete_levels(
     if not 1 <= keep_rows < m:
         which = "top code grid" if len(sizes) == 2 else "code grid"
         raise VQGenError(f"--keep-rows must be between 1 and {m - 1} (the {which} has {m} rows), not {keep_rows}")
-    if n < 1:
-        raise VQGenError(f"--n must be at least 1, not {n}")
+    check_count(n, "--n")
     expected = (cfg.channels, cfg.image_size, cfg.image_size)
     if images.dim() != 4 or len(images) == 0 or tuple(images.shape[1:]) != expected:
         raise VQGenError(
             f"images must be (I, {', '.join(map(str, expected))}) for this autoencoder, not {tuple(images.shape)}"
         )
+    if len(images) * n > MAX_SAMPLES:
+        raise VQGenError(
+            f"{len(images)} images × --n {n} completions is over the limit of {MAX_SAMPLES:,} samples; ask for fewer"
+        )
+    opts.validate(pipe.prior.cfg.codebook_size)
     codes = pipe.encode(images)  # (I, m_l, m_l) each
     labels, _ = resolve_classes(pipe, [label] if label is not None else [], len(images) * n, opts.seed)
     prefixes = [g.repeat_interleave(n, dim=0) for g in codes]  # (I·n, m_l, m_l) each

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from vqgen.data import to_float
 from vqgen.factorise import balanced_order, check_factors, fsq_factor_groups
+from vqgen.limits import MAX_CODEBOOK, MAX_PARAMETERS
 from vqgen.quantize import QuantizerOutput, build_quantizer
 
 QUANTIZERS = ("vq", "ema", "simvq", "simvq-diag", "fsq")
@@ -22,8 +23,9 @@ _SIZE_BOUNDS = {
     "res_blocks": 64,
     "res_hidden": 8192,
     "embed_dim": 8192,
-    "codebook_size": 1 << 20,
+    "codebook_size": MAX_CODEBOOK,
 }
+MAX_FSQ_LEVELS = 16  # dimensions of an fsq code; their product, K, has the codebook_size bound above
 
 
 @dataclass
@@ -55,8 +57,21 @@ class AEConfig:
         for name, upper in _SIZE_BOUNDS.items():
             value = getattr(self, name)
             lower = 0 if name == "res_blocks" else 1
-            if not isinstance(value, int) or not lower <= value <= upper:
-                raise ValueError(f"{name} must be an integer in [{lower}, {upper}], not {value!r}")
+            if not _is_int(value) or not lower <= value <= upper:
+                raise ValueError(f"{name} must be an integer in [{lower}, {upper}], not {_short(value)}")
+        for name in ("lookup_dim", "restart_dead", "levels", "downsample"):
+            if not _is_int(getattr(self, name)):
+                raise ValueError(f"{name} must be an integer, not {_short(getattr(self, name))}")
+        for name in ("beta", "commitment", "decay", "restart_below"):
+            value = getattr(self, name)
+            if not _is_int(value) and not isinstance(value, float) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, not {_short(value)}")
+        for name in ("kmeans_init", "cosine"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, not {_short(getattr(self, name))}")
+        for name in ("quantizer", "grad"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, not {_short(getattr(self, name))}")
         if self.downsample not in (2, 4, 8, 16):
             raise ValueError(f"downsample must be 2, 4, 8 or 16, not {self.downsample}")
         if self.levels not in (1, 2):
@@ -72,6 +87,7 @@ class AEConfig:
                 raise ValueError(
                     "--lookup-dim, --cosine and --restart-below apply to vq, ema and simvq; fsq has no codebook lookup"
                 )
+            self.fsq_levels = check_fsq_levels(self.fsq_levels)
             self.codebook_size = math.prod(self.fsq_levels)
         self.code_factors = check_factors(self.code_factors, self.codebook_size)
         grouped = self.quantizer != "fsq" or fsq_factor_groups(self.fsq_levels, self.code_factors) is not None
@@ -82,6 +98,18 @@ class AEConfig:
             )
         if self.quantizer != "fsq" and len(self.code_factors) > 2:
             raise ValueError(f"a {self.quantizer} codebook is renumbered into two sub-tokens, not {self.code_factors}")
+        if self.grid_size < self.levels:
+            raise ValueError(
+                f"--image-size {self.image_size} with --downsample {self.downsample} leaves no code grid"
+                + (" at the top level" if self.levels == 2 else "")
+            )
+        parameters = estimate_parameters(self)
+        if parameters > MAX_PARAMETERS:
+            raise ValueError(
+                f"this autoencoder would have about {parameters:,} parameters, over the limit of {MAX_PARAMETERS:,} "
+                "(4 GiB of fp32 weights): use a smaller --hidden, --res-hidden, --res-blocks, --embed-dim or "
+                "--codebook-size"
+            )
 
     @property
     def grid_size(self) -> int:
@@ -110,6 +138,48 @@ class AEConfig:
     def from_dict(cls, d: dict) -> AEConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: object) -> str:
+    """repr(value), cut to 60 characters (a damaged config can hold a 5,000-digit number)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 1 << 128 else f"a {value.bit_length()}-bit integer"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_fsq_levels(levels: object) -> list[int]:
+    """fsq's levels as a list of integers ≥ 2 whose product K is within the codebook bound; else a ValueError."""
+    limit = _SIZE_BOUNDS["codebook_size"]
+    integers = isinstance(levels, (list, tuple)) and all(_is_int(v) for v in levels)
+    if not integers or not 1 <= len(levels) <= MAX_FSQ_LEVELS or any(v < 2 for v in levels):
+        shown = ",".join(map(str, levels)) if integers else _short(levels)
+        raise ValueError(
+            f"--fsq-levels must be 1 to {MAX_FSQ_LEVELS} integers, each at least 2 (e.g. 8,8,8), not {shown or 'none'}"
+        )
+    if math.prod(levels) > limit:
+        raise ValueError(
+            f"--fsq-levels {','.join(map(str, levels))} make K = {math.prod(levels):,} codes; their product must be "
+            f"at most {limit:,} (the codebook size limit)"
+        )
+    return list(levels)
+
+
+def estimate_parameters(cfg: AEConfig) -> int:
+    """About how many parameters VQVAE(cfg) has (weights of every layer, codebook and EMA buffers), from the sizes
+    alone: what is checked before anything is built."""
+    widths = stage_widths(cfg)
+    stages = sum(16 * a * b for a, b in zip([cfg.channels, *widths], widths, strict=False))  # each of encoder, decoder
+    res = cfg.res_blocks * 10 * cfg.hidden * cfg.res_hidden
+    d = cfg.embed_dim
+    quantizer = 3 * cfg.codebook_size * d if cfg.quantizer != "fsq" else 2 * d * len(cfg.fsq_levels)
+    quantizer += 2 * d * cfg.lookup_dim + d * d  # a lookup projection, simvq's codebook transform
+    total = 2 * stages + 2 * res + cfg.hidden * d + 9 * cfg.levels * d * cfg.hidden + quantizer
+    if cfg.levels == 2:
+        total += 16 * d * cfg.hidden + res + cfg.hidden * d + quantizer + 16 * d * d + 2 * d * d
+    return total
 
 
 class ResBlock(nn.Module):

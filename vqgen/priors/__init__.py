@@ -26,9 +26,12 @@ import torch.nn.functional as F
 
 from vqgen.distributed import shard_rand
 from vqgen.factorise import check_factors
+from vqgen.limits import MAX_CLASSES, MAX_CODEBOOK, MAX_GRID, MAX_PARAMETERS
 
 ARCHS = ("transformer", "pixelcnn")
 _ARCH_ALIASES = {"pixelatt": "transformer"}
+# The fields every saved prior config has had: without them a run's weights cannot be told apart.
+REQUIRED = ("arch", "codebook_size", "grid_size", "num_classes")
 
 
 @dataclass
@@ -53,35 +56,45 @@ class PriorConfig:
     pcnn_kernel: int = 3
 
     def __post_init__(self) -> None:
+        if not isinstance(self.arch, str):
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {_short(self.arch)}")
         self.arch = _ARCH_ALIASES.get(self.arch.lower(), self.arch.lower())
         if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
+            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {_short(self.arch)}")
         # Upper bounds keep a damaged or hostile config.json from asking for an absurd allocation.
         bounds = {
-            "codebook_size": (2, 1 << 20),
-            "grid_size": (1, 256),
+            "codebook_size": (2, MAX_CODEBOOK),
+            "grid_size": (1, MAX_GRID),
             "n_layer": (1, 256),
             "n_head": (1, 256),
             "n_embd": (1, 16384),
             "pcnn_channels": (1, 16384),
             "pcnn_layers": (1, 256),
             "pcnn_kernel": (3, 63),
+            "num_classes": (0, MAX_CLASSES),
         }
         for name, (lower, upper) in bounds.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or not lower <= value <= upper:
-                raise ValueError(f"{name} must be an integer in [{lower}, {upper}], not {value!r}")
-        if not isinstance(self.context_grid, int) or not 0 <= self.context_grid <= self.grid_size:
-            raise ValueError(f"context_grid must be an integer in [0, grid_size], not {self.context_grid!r}")
-        if self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, not {self.num_classes}")
-        if not 0.0 <= self.class_dropout <= 1.0:
-            raise ValueError(f"class_dropout must be in [0, 1], not {self.class_dropout}")
+            if not _is_int(value) or not lower <= value <= upper:
+                raise ValueError(f"{name} must be an integer in [{lower}, {upper}], not {_short(value)}")
+        if not _is_int(self.context_grid) or not 0 <= self.context_grid <= self.grid_size:
+            raise ValueError(f"context_grid must be an integer in [0, grid_size], not {_short(self.context_grid)}")
+        for name in ("class_dropout", "dropout"):
+            value = getattr(self, name)
+            if not (_is_int(value) or isinstance(value, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1], not {_short(value)}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.pcnn_kernel < 3 or self.pcnn_kernel % 2 == 0:
             raise ValueError(f"pcnn_kernel must be odd and >= 3, not {self.pcnn_kernel}")
         self.factors = check_factors(self.factors, self.codebook_size)
+        parameters = estimate_parameters(self)
+        if parameters > MAX_PARAMETERS:
+            raise ValueError(
+                f"this prior would have about {parameters:,} parameters, over the limit of {MAX_PARAMETERS:,} (4 GiB "
+                "of fp32 weights): use fewer --layers or a smaller --width"
+                + ("" if self.factors else ", or factorised codes (vqgen factorise) for this K")
+            )
 
     @property
     def factorised(self) -> bool:
@@ -101,8 +114,43 @@ class PriorConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> PriorConfig:
+        """The config a run saved (fields added since then take their defaults); a ValueError if it is damaged."""
+        if not isinstance(d, dict):
+            raise ValueError(f"the prior's model section is not an object but {type(d).__name__}")
+        missing = [name for name in REQUIRED if name not in d]
+        if missing:
+            raise ValueError(f"the prior's model section has no {', '.join(missing)}")
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: object) -> str:
+    """repr(value), cut to 60 characters (a damaged config can hold a huge number or a long string)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 1 << 128 else f"a {value.bit_length()}-bit integer"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def estimate_parameters(cfg: PriorConfig) -> int:
+    """About how many parameters build_prior(cfg) has, from the sizes alone: what is checked before building."""
+    k, labels = cfg.codebook_size, cfg.num_classes + 1
+    vocab = sum(cfg.factors) if cfg.factorised else k  # rows of an input embedding, and outputs of the head
+    if cfg.arch == "transformer":
+        c = cfg.n_embd
+        width, body = c, cfg.n_layer * (12 * c * c + 13 * c) + (cfg.context_grid**2 + cfg.seq_len + labels) * c
+    else:
+        c, half = cfg.pcnn_channels, cfg.pcnn_kernel // 2
+        per_layer = 2 * c * c * ((half + 1) * cfg.pcnn_kernel + half + 1) + 5 * c * c + 4 * c * labels
+        body = cfg.pcnn_layers * (per_layer + (4 * c * c if cfg.context_grid else 0)) + 19 * c * c
+        width = c
+    embeddings = vocab * width * (2 if cfg.context_grid else 1)
+    head = vocab * width
+    if cfg.factorised:  # per sub-token after the first: an embedding of the one before and a residual MLP
+        head += (len(cfg.factors) - 1) * 4 * width * width + sum(cfg.factors[:-1]) * width
+    return body + embeddings + head
 
 
 def sample_from_logits(

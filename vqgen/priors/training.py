@@ -150,9 +150,11 @@ def train_prior(
     if resume:
         ckpt.check_resumable(run_dir)
         saved = ckpt.read_config(run_dir, KIND)
-        prior = PriorConfig.from_dict(saved["model"])
+        prior = saved_prior(saved, run_dir)
+        if "codes" not in saved:
+            raise VQGenError(f"'{run_dir / ckpt.CONFIG}' is damaged: its 'codes' section is missing")
         codes_path = codes_path or saved["codes"]["path"]
-        train = resumed_config(saved["train"], train)
+        train = resumed_config(saved.get("train"), train)
         if level is not None and level != saved["codes"].get("level", "single"):
             raise VQGenError(f"'{run_dir}' models --level {saved['codes'].get('level', 'single')}, not {level}")
         level = saved["codes"].get("level", "single")
@@ -180,12 +182,19 @@ def train_prior(
         raise VQGenError(f"--class-conditional needs labels, but '{codes_path}' has none")
     if not resume:
         conditional = has_labels if class_conditional is None else class_conditional
-        prior.codebook_size, prior.grid_size = codes.codebook_size, codes.grid_size
-        prior.context_grid = codes.grid_size // 2 if level == "bottom" else 0
-        prior.num_classes = codes.num_classes if conditional else 0
-        prior.factors = [] if flat else list(codes.factors or [])
+        try:  # replace() checks the sizes again, with the codes' K, grid and classes, before anything is built
+            prior = replace(
+                prior,
+                codebook_size=codes.codebook_size,
+                grid_size=codes.grid_size,
+                context_grid=codes.grid_size // 2 if level == "bottom" else 0,
+                num_classes=codes.num_classes if conditional else 0,
+                factors=[] if flat else list(codes.factors or []),
+            )
+        except ValueError as e:
+            raise VQGenError(f"a prior of the codes in '{codes_path}': {e}") from e
     else:
-        check_codes_match(saved, codes, codes_path, run_dir)
+        check_codes_match(prior, saved, codes, codes_path, run_dir)
     # Locked for this process until it returns; a new run is staged until its first checkpoint (RunFolder).
     with on_main(ckpt.open_run, run_dir, resume=resume, force=force) as folder:
         seed_everything(train.seed)
@@ -247,15 +256,25 @@ def _or(given: int | None, default: int) -> int:
     return default if given is None else given
 
 
-def check_codes_match(prior_config: dict, codes: CodesFile, codes_path: str | Path, run_dir: str | Path) -> None:
+def saved_prior(config: dict, run_dir: str | Path) -> PriorConfig:
+    """The PriorConfig of a run's config.json, or one line naming the file when its model section is damaged."""
+    try:
+        return PriorConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        path = Path(run_dir) / ckpt.CONFIG
+        raise VQGenError(f"'{path}' has a damaged model section ({e}); train the run again") from e
+
+
+def check_codes_match(
+    prior: PriorConfig, prior_config: dict, codes: CodesFile, codes_path: str | Path, run_dir: str | Path
+) -> None:
     """A codes file used with an existing prior must have its grid, its K and its autoencoder."""
-    model = prior_config["model"]
-    if (model["codebook_size"], model["grid_size"]) != (codes.codebook_size, codes.grid_size):
+    if (prior.codebook_size, prior.grid_size) != (codes.codebook_size, codes.grid_size):
         raise VQGenError(
             f"'{codes_path}' holds {codes.grid_size}×{codes.grid_size} grids of K={codes.codebook_size} codes, but the "
-            f"prior in '{run_dir}' models {model['grid_size']}×{model['grid_size']} grids of K={model['codebook_size']}"
+            f"prior in '{run_dir}' models {prior.grid_size}×{prior.grid_size} grids of K={prior.codebook_size}"
         )
-    factors = model.get("factors") or []
+    factors = prior.factors
     if factors and factors != (codes.factors or []):
         raise VQGenError(
             f"the prior in '{run_dir}' predicts codes as sub-tokens of {'×'.join(map(str, factors))}, but "
@@ -282,4 +301,4 @@ def _relative(path: str, start: Path) -> str | None:
 
 def load_prior(run: str | Path, device: torch.device | str = "cpu") -> tuple[Prior, dict]:
     """Build the prior of a run folder from its config and load its validated weights."""
-    return ckpt.load_model(run, KIND, lambda config: build_prior(PriorConfig.from_dict(config["model"])), device)
+    return ckpt.load_model(run, KIND, lambda config: build_prior(saved_prior(config, run)), device)

@@ -1,0 +1,30 @@
+"""The limits on every size that a flag, a config.json or a codes file can ask for, checked before anything is built.
+
+Each setting is bounded on its own where it is read (AEConfig, PriorConfig, load_codes, SamplingOptions), and a
+model's parameters are bounded together, so that a damaged file or a typo gets one line that states the limit
+rather than an allocation the kernel's out-of-memory killer ends.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from vqgen.errors import VQGenError
+
+MAX_CODEBOOK = 1 << 20  # K: codes per codebook (an fsq codebook: the product of its levels)
+MAX_CLASSES = 1 << 16  # labels of a class-conditional prior and of a codes file
+MAX_GRID = 256  # the side of a code grid
+MAX_PARAMETERS = 1 << 30  # of one model: about 4 GiB of fp32 weights, four times that to train with Adam
+MAX_SAMPLES = 1_000_000  # images one call samples: labels, codes and images are held for all of them at once
+MAX_BATCH = 65_536  # grids sampled (or images encoded) at once: a batch holds B × K logits and B × m² codes
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_count(n: object, flag: str = "--n", limit: int = MAX_SAMPLES) -> None:
+    """n an integer in [1, limit], else one line naming `flag` and the limit."""
+    if not is_int(n) or not 1 <= n <= limit:
+        shown = n if not is_int(n) or abs(n) < 1 << 64 else f"a {int(n).bit_length()}-bit number"
+        raise VQGenError(f"{flag} must be an integer from 1 to {limit:,}, not {shown!r:.40}")

@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10, help="steps per timing")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--name", default="prior-vocab", help="the results file's name")
     args = parser.parse_args()
     command = command_line("prior_vocab.py", args)
     rows = []
@@ -79,7 +80,7 @@ def main() -> None:
             }
         )
         print(rows[-1])
-    write_result("prior-vocab", command, {"grid": args.grid, "batch": args.batch, "rows": rows})
+    write_result(args.name, command, {"grid": args.grid, "batch": args.batch, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -110,6 +110,32 @@ def from_natural(name: str, variant: str = "adversarial") -> Measured:
     )
 
 
+def from_factorised(name: str, arm: str) -> Measured:
+    """A bench/factorised.py arm: stage one with explicit flags, the prior with fixed steps, both evaluated."""
+    data = _load(name)
+    row = data["figures"]["arms"][arm]
+    flags, prior_flags = _flags(row["commands"][0]), _flags(row["commands"][2])
+    return Measured(
+        source=f"bench/results/{name}.json",
+        settings={
+            "codebook_size": row["codebook_size"],
+            "ae_steps": row["ae_steps"],
+            "ae_adversarial": float(flags.get("adversarial", 0)),
+            "ae_adversarial_start": int(flags.get("adversarial-start", 0)),
+            "ae_feature_matching": float(flags.get("feature-matching", 0)),
+            "prior_steps": int(prior_flags["steps"]),
+            "prior_batch_size": int(prior_flags.get("batch-size", 64)),
+            "guidance": row["guidance"],
+        },
+        psnr=row["psnr"],
+        recon_fid=row["fid_recon_vs_test"],
+        samples_fid=row["fid_samples_vs_test"],
+        class_accuracy=row["class_accuracy"],
+        seconds=(row["ae_seconds"], row["prior_seconds"]),
+        machine=_machine(data),
+    )
+
+
 # Which JSON measured which preset. Each is checked against the preset before its figures are shown.
 ROWS = [
     ("shapes (built in)", "shapes", lambda: from_datasets("dataset-shapes")),
@@ -142,7 +168,9 @@ def _minutes(seconds: float) -> str:
 
 
 def _stage_one(p: Preset) -> str:
-    text = f"K = {p.codebook_size}, {p.ae_steps:,} steps of {p.ae_batch_size}"
+    codes = f"{p.ae_quantizer} {','.join(map(str, p.fsq_levels))}" if p.ae_quantizer == "fsq" else p.ae_quantizer
+    factors = f" as {'×'.join(map(str, p.code_factors))}" if p.code_factors else ""
+    text = f"{codes}, K = {p.codebook_size:,}{factors}, {p.ae_steps:,} steps of {p.ae_batch_size}"
     if p.ae_ema_weights:
         text += f", weight average {p.ae_ema_weights}"
     return text

@@ -1,10 +1,9 @@
-"""Defaults that depend on the data set, in one place.
+"""Defaults that depend on the data set, in one place, resolved once (autoencoder.train_autoencoder,
+priors.training.train_prior) before anything is built; a flag given on the command line always wins.
 
-`Preset()` is the recipe for real data (MNIST, Fashion-MNIST, CIFAR-10, folders and array files), sized so that each
-stage takes about ten minutes or less on a 2-core CPU; the built-in `shapes` has its own, sized so that `make demo`
-(both stages with no flags) finishes in under five minutes with recognisable samples. A flag given on the command
-line always wins. The README ("Both stages on each data set" and "The demo") has the measurements behind each
-number; the comments below say which.
+`Preset()` is the recipe for real data up to 32 pixels (MNIST, Fashion-MNIST, folders and array files); larger images
+of a folder or array file get `sized_preset`; `shapes` and `cifar10` have their own. The measurements behind each
+number are in docs/results.md (tables, with the JSON of each in bench/results/); the comments say why.
 """
 
 from __future__ import annotations
@@ -16,8 +15,7 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Preset:
-    # Stage one. MNIST, 2 cores (AVX-512): 3000 steps of 64 reach 27.07 dB held-out in 3.0 min, where the earlier
-    # 1500 steps of 128 (the same images seen) reached 26.39 dB: at a fixed budget, more and smaller steps win.
+    # Stage one: at a fixed time, more and smaller steps beat fewer and larger ones.
     codebook_size: int = 512
     ae_quantizer: str = "ema"
     fsq_levels: tuple[int, ...] = (8, 8, 8)  # the levels of the fsq quantizer, K their product
@@ -32,9 +30,8 @@ class Preset:
     ae_adversarial: float = 0.0
     ae_adversarial_start: int = 0
     ae_feature_matching: float = 0.0
-    # Stage two: a 4 × 128 Transformer at about 20,000 codes/s on the same machine, so 3600 steps of 64 grids take
-    # about ten minutes. The weight average (0.999) lowered held-out bits per code from 2.887 to 2.878 in the
-    # same MNIST run. The guidance scale is the one with the lowest Fréchet distance in bench/guidance.py.
+    # Stage two: a 4 × 128 Transformer; the weight average lowers held-out bits; the guidance scale is the one with
+    # the lowest Fréchet distance in bench/guidance.py.
     transformer_layers: int = 4
     transformer_width: int = 128
     prior_steps: int = 3600
@@ -45,14 +42,9 @@ class Preset:
 
 
 PRESETS = {
-    # Measured on 2 cores (README, "The demo"): at a fixed time, smaller batches and more steps win in a short run,
-    # for the autoencoder 22.8 dB (300 steps of 128) → 25.4 (600 of 64) → 27.9 (1200 of 32), each in about 75 s;
-    # hidden 64 halves the cost of a step against 128 (0.28 vs 0.59 s at batch 128, one timing run); a 4 × 64
-    # Transformer sees 2.5× the codes per second of 4 × 128, and lr 3e-3 suits a run this short. 64 codes are
-    # enough for flat fills and their edges. No weight average (not measured here). Guidance 2: on 5,000 samples of
-    # the demo's prior (bench/guidance.py --data shapes) 96.8% of the asked shape and a Fréchet distance of 22.2,
-    # against 90.6% and 37.7 unguided (1.5: 95.1%, 26.9; 3: 96.0%, 18.6, but its grid shows mixed-colour fills and
-    # stray specks that 2 does not).
+    # The demo: `make demo` in a few minutes. Short runs favour small batches, a narrow network (hidden 64 halves a
+    # step), a 4 × 64 Transformer at lr 3e-3; 64 codes cover flat fills and their edges; guidance 2 gives the lowest
+    # Fréchet distance without the mixed-colour fills of 3 (docs/results.md, "The demo").
     "shapes": Preset(
         codebook_size=64,
         ae_hidden=64,
@@ -65,12 +57,8 @@ PRESETS = {
         prior_ema_weights=0.0,
         prior_guidance=2.0,
     ),
-    # MNIST, stage one for issue 13's target of 28.5 dB held-out in at most ten minutes: K = 512 plateaued at
-    # 28.37 dB after 13,000 steps (10 min 14 s) with the weight average, where K = 1024 reached 29.03 dB in 12,500
-    # steps (9 min 46 s) on the AVX-512 EPYC. 9,000 steps reached 28.58 dB in 6 min 52 s on an Intel Xeon with AMX
-    # (bench/results/dataset-mnist.json), leaving room for slower CPUs; the weight average added 0.07 dB there.
-    # Samples at the same prior: 98.0% of the asked class (98.6% on the K = 512 codes), Fréchet distance 0.92 (0.89).
-    # Stage two keeps the real-data recipe.
+    # MNIST: K = 1024 and 9,000 steps with the weight average reach 28.5 dB held-out within ten minutes, where
+    # K = 512 plateaus below it (docs/results.md, "MNIST"). Stage two keeps the real-data recipe.
     "mnist": Preset(codebook_size=1024, ae_steps=9000, ae_ema_weights=0.999),
     # CIFAR-10 (the torchvision set, or an array file or folder named cifar10…), held-out figures in the eval
     # classifier's features (bench/natural.py, README "Natural images"). K = 512 and the reconstruction loss alone

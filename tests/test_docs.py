@@ -33,7 +33,7 @@ def test_a_changed_preset_loses_its_figures(monkeypatch):
     module = _preset_table()
     monkeypatch.setitem(module.PRESETS, "cifar10", replace(module.PRESETS["cifar10"], codebook_size=16384))
     row = next(line for line in module.table().splitlines() if line.startswith("| CIFAR-10 "))
-    assert "K = 16384" in row and "25.38" not in row and row.count("not measured") == 5
+    assert "K = 16,384" in row and "25.38" not in row and row.count("not measured") == 5
 
 
 def test_every_cited_json_exists_and_records_its_command_and_machine():

@@ -79,3 +79,20 @@ def test_held_out_files_stay_held_out_when_the_folder_grows(tmp_path):
     assert set(before.held_out) <= set(after.held_out)  # what was held out still is
     trained_before = {f"{i:03d}.png" for i in range(60)} - set(before.held_out)
     assert not trained_before & set(after.held_out)  # and no training image became a held-out one
+
+
+def test_commands_that_read_a_run_say_when_its_folder_changed(in_tmp):
+    rng = np.random.default_rng(2)
+    (in_tmp / "imgs").mkdir()
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(in_tmp / "imgs" / f"{i:03d}.png")
+    small = ("--hidden", "16", "--embed-dim", "8", "--batch-size", "4", "--steps", "2", "--adversarial", "0")
+    assert run_cli("train-ae", "--data", "imgs", *small).code == 0
+    config = json.loads((in_tmp / "runs/ae/config.json").read_text())
+    assert config["dataset"]["held_out"]["count"] == config["dataset"]["test_size"]
+    quiet = run_cli("encode")
+    assert quiet.code == 0 and "changed since" not in quiet.err
+    for i in range(40, 80):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(in_tmp / "imgs" / f"{i:03d}.png")
+    noted = run_cli("encode")
+    assert noted.code == 0 and "changed since the autoencoder was trained" in noted.err

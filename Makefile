@@ -39,7 +39,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/guidance.py --data shapes --prior runs/bench/shapes/prior --scales 1,1.5,2,3
 	$(BIN)/python bench/natural.py --steps 6000 --adversarial 0.2 --adversarial-start 2000
 	$(BIN)/python bench/natural.py --variants adversarial --adversarial 0.2 --adversarial-start 1600 --adversarial-steps 3800 --feature-matching 0.3 --codebook-size 16384 --name natural-cifar10-k16384-fm03
-	$(BIN)/python bench/prior_vocab.py
+	$(BIN)/python bench/prior_vocab.py --sizes 512,2048,8192,16384
+	$(BIN)/python bench/prior_vocab.py --steps 5 --name prior-vocab-factorised
+	$(BIN)/python bench/factorised.py --arms fsq-240x64 --prior-steps 1492
+	$(BIN)/python bench/image_size.py
 	$(BIN)/python bench/nearest_code.py
 	$(BIN)/python bench/levels.py --ae-minutes 8 --prior-minutes 8 --n 5000
 	$(BIN)/pip install -q -e '.[bench]'

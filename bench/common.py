@@ -77,6 +77,21 @@ def matmul_peak(dtype, n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / best
 
 
+def median_step_seconds(step, steps: int, repeats: int, warmup: int = 3) -> float:
+    """Seconds per call of `step()`: the median of `repeats` timings of `steps` calls, after `warmup` calls."""
+    for _ in range(warmup):
+        step()
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        timings.append((time.perf_counter() - start) / steps)
+    import statistics
+
+    return statistics.median(timings)
+
+
 def command_line(script: str, args) -> str:
     """The command that repeats this benchmark: `python bench/SCRIPT` with every parsed option, flags bare."""
     parts = [f"python bench/{script}"]

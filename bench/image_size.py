@@ -10,8 +10,6 @@ on random batches of 64 images, in-process, median of `--repeats` timings of `--
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
@@ -19,7 +17,7 @@ from vqgen.presets import grid_downsample
 from vqgen.train import seed_everything
 from vqgen.vqvae import VQVAE, AEConfig, reconstruction_loss
 
-from common import command_line, write_result
+from common import command_line, median_step_seconds, write_result
 
 
 def step_seconds(size: int, downsample: int, steps: int, repeats: int) -> float:
@@ -35,15 +33,7 @@ def step_seconds(size: int, downsample: int, steps: int, repeats: int) -> float:
         loss.backward()
         optimizer.step()
 
-    for _ in range(3):
-        step()
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        timings.append((time.perf_counter() - start) / steps)
-    return statistics.median(timings)
+    return median_step_seconds(step, steps, repeats)
 
 
 def main() -> None:

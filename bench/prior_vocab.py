@@ -14,8 +14,6 @@ cross-entropy grow with K; the rest of the model does not. Writes bench/results/
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
@@ -23,7 +21,7 @@ from vqgen.factorise import parse_factors
 from vqgen.priors import PriorConfig, build_prior
 from vqgen.train import seed_everything
 
-from common import command_line, write_result
+from common import command_line, median_step_seconds, write_result
 
 
 def step_seconds(codebook_size: int, grid: int, batch: int, steps: int, repeats: int, factors: list[int]) -> float:
@@ -39,15 +37,7 @@ def step_seconds(codebook_size: int, grid: int, batch: int, steps: int, repeats:
         loss.backward()
         optimizer.step()
 
-    for _ in range(3):
-        step()
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        timings.append((time.perf_counter() - start) / steps)
-    return statistics.median(timings)
+    return median_step_seconds(step, steps, repeats)
 
 
 def main() -> None:

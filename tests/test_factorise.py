@@ -13,17 +13,9 @@ from vqgen.factorise import balanced_order, check_factors, fsq_factor_groups, jo
 from vqgen.vqvae import VQVAE, AEConfig
 
 from conftest import run_cli
-from test_priors import ARCHS, M, T, random_codes, tiny_prior
+from test_priors import ARCHS, M, T, random_codes, single_thread, tiny_prior  # noqa: F401 (the fixture)
 
 FACTORS = [4, 4]  # K = 16, as test_priors' tiny priors
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_split_and_join_are_inverse_in_mixed_radix():

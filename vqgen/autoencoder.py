@@ -281,6 +281,8 @@ def train_autoencoder(
         train = resumed_config(saved["train"], train)
     else:
         adversarial.with_preset(preset_for(data_cfg.data)).validate()  # before the data loads
+    # the process group first: under torchrun only rank 0 may build a folder's cache while the others wait
+    device, dist_info = setup_device(train, "autoencoder")
     data = data_cfg.load()  # everything is checked before the run folder is touched
     channels, height, width = data.image_shape
     if not resume:
@@ -291,7 +293,6 @@ def train_autoencoder(
         train = with_stage_defaults(train, preset.ae_steps, preset.ae_lr, preset.ae_batch_size, preset.ae_ema_weights)
         adversarial = adversarial.with_preset(preset)
         adversarial.validate()
-    device, dist_info = setup_device(train, "autoencoder")
     if console is not None and dist_info.is_main:
         if data.skipped:
             console.print(

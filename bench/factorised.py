@@ -4,11 +4,14 @@
 
 Arms (see ARMS): `fsq-240x64` is FSQ with levels 8,8,8,6,5 (15,360 codes) whose sub-tokens are groups of levels
 (by construction); `ema16384-128x128` is the K = 16,384 EMA codebook renumbered by balanced k-means after training;
-`flat2048` is the K = 2048 recipe with one 2048-way softmax. Each arm trains the autoencoder with fixed steps,
+`flat2048` is the K = 2048 recipe with one 2048-way softmax; `fsq-kmeans-240x64` keeps the `fsq-240x64` arm's
+autoencoder and renumbers its 15,360 codes by balanced k-means instead (`vqgen factorise --by kmeans`), so that the
+two ways of factorising are compared on the same stage one. Each arm trains the autoencoder with fixed steps,
 encodes, trains the default Transformer prior (class-conditional, factorised where the codes are) for
 `--prior-steps`, then runs `vqgen eval --prior RUN --n N` (reconstructions and samples through the eval classifier,
 classes uniform) and draws 8 samples per class into docs/img/factorised-<arm>-samples.png.
-Writes bench/results/<name>.json. Set VQGEN_BENCH_SRC to a frozen copy of vqgen/ to keep edits away from a run.
+Writes bench/results/<name>.json, keeping the rows of arms not run this time. Set VQGEN_BENCH_SRC to a frozen copy
+of vqgen/ to keep edits away from a run.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ ARMS = {
     ],
     "flat2048": ["--codebook-size", "2048", "--code-factors", "none", *ADVERSARIAL[:4], "--feature-matching", "0.1"],
 }
+# arms whose autoencoder is another arm's, factorised afresh: (that arm, `vqgen factorise` options)
+DERIVED = {"fsq-kmeans-240x64": ("fsq-240x64", ["--factors", "240x64", "--by", "kmeans"])}
 
 
 def done(path: Path, after: Path | None = None) -> bool:
@@ -54,15 +59,20 @@ def run_seconds(run: Path) -> float:
 def arm_row(arm: str, args) -> dict:
     root = Path("runs") / "bench" / args.name
     ae, codes, prior = root / f"ae-{arm}", root / f"codes-{arm}.safetensors", root / f"prior-{arm}"
-    steps = args.ae_steps.get(arm, args.default_ae_steps)
-    train_ae = ["train-ae", "--data", os.path.relpath(CIFAR), "--steps", str(steps), "--out", str(ae), *ARMS[arm]]
+    base, refactor = DERIVED.get(arm, (arm, None))
+    steps = args.ae_steps.get(base, args.default_ae_steps)
+    base_ae = root / f"ae-{base}"
+    train_ae = ["train-ae", "--data", os.path.relpath(CIFAR), "--steps", str(steps), "--out", str(base_ae), *ARMS[base]]
     encode = ["encode", "--ae", str(ae), "--out", str(codes)]
     train_prior = ["train-prior", "--codes", str(codes), "--out", str(prior), "--steps", str(args.prior_steps)]
     evaluate = ["eval", "--prior", str(prior), "--n", str(args.n)]
     sample = ["sample", "--prior", str(prior), "--n", "80", "--class", "all", "--out", str(root / f"samples-{arm}")]
-    weights = ae / "model.safetensors"
-    if not (args.reuse and done(weights)):
+    if not (args.reuse and done(base_ae / "model.safetensors")):
         vqgen(*train_ae, "--force")
+    factorise = ["factorise", "--ae", str(base_ae), *refactor, "--out", str(ae)] if refactor else None
+    weights = ae / "model.safetensors"
+    if factorise and not (args.reuse and done(weights, base_ae / "model.safetensors")):
+        vqgen(*factorise, "--force")
     if not (args.reuse and done(codes, weights)):
         vqgen(*encode)
     if not (args.reuse and done(prior / "model.safetensors", codes)):
@@ -72,16 +82,18 @@ def arm_row(arm: str, args) -> dict:
     vqgen(*sample)
     Path("docs/img").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(root / f"samples-{arm}" / "grid.png", Path("docs/img") / f"factorised-{arm}-samples.png")
-    shutil.copyfile(ae / "recon.png", Path("docs/img") / f"factorised-{arm}-recon.png")
+    shutil.copyfile(base_ae / "recon.png", Path("docs/img") / f"factorised-{base}-recon.png")
     report = json.loads((prior / "eval.json").read_text())
     rec, s, lik = report["reconstruction"], report["samples"], report["likelihood"]
     ae_config = json.loads((ae / "config.json").read_text())
+    ae_train = json.loads((base_ae / "config.json").read_text())["train"]
     prior_config = json.loads((prior / "config.json").read_text())
     return {
         "codebook_size": ae_config["model"]["codebook_size"],
         "code_factors": ae_config["model"]["code_factors"],
-        "ae_steps": ae_config["train"]["steps"],
-        "ae_seconds": run_seconds(ae),
+        "factor_by": ae_config["model"].get("factor_by"),
+        "ae_steps": ae_train["steps"],
+        "ae_seconds": run_seconds(base_ae),
         "psnr": round(rec["psnr"], 2),
         "codes_used": round(rec["codes_used"], 4),
         # eval of a prior reports the reconstruction floor and the class kept beside its samples
@@ -100,13 +112,16 @@ def arm_row(arm: str, args) -> dict:
         "per_class_accuracy": s.get("per_class_accuracy"),
         "guidance": s.get("guidance"),
         "classifier_accuracy": report["classifier"]["accuracy"],
-        "commands": ["vqgen " + shlex.join(c) for c in (train_ae, encode, train_prior, evaluate, sample)],
+        "commands": [
+            "vqgen " + shlex.join(c) for c in (train_ae, factorise, encode, train_prior, evaluate, sample) if c
+        ],
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arms", default="fsq-240x64,ema16384-128x128", help=f"comma-separated, of {', '.join(ARMS)}")
+    every = ", ".join([*ARMS, *DERIVED])
+    parser.add_argument("--arms", default="fsq-240x64,ema16384-128x128", help=f"comma-separated, of {every}")
     parser.add_argument("--default-ae-steps", type=int, default=3000, help="train-ae --steps of every arm")
     parser.add_argument("--ae-steps-of", default="", help="per-arm steps, e.g. 'ema16384-128x128=1800'")
     parser.add_argument("--prior-steps", type=int, default=1500, help="train-prior --steps of every arm")
@@ -117,7 +132,8 @@ def main() -> None:
     command = command_line("factorised.py", args)
     args.ae_steps = {k: int(v) for k, v in (p.split("=") for p in args.ae_steps_of.split(",") if p)}
     os.chdir(REPO)
-    rows = {}
+    previous = REPO / "bench" / "results" / f"{args.name}.json"
+    rows = json.loads(previous.read_text())["figures"]["arms"] if previous.exists() else {}
     for arm in args.arms.split(","):
         rows[arm] = arm_row(arm, args)
         print(json.dumps({arm: rows[arm]}))

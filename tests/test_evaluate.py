@@ -139,6 +139,19 @@ def test_natural_colour_images_get_the_stronger_classifier_recipe(tmp_path):
     assert info["recipe"]["name"] == "natural" and not info["cached"]
 
 
+def test_large_images_are_classified_from_their_32_pixel_average():
+    from vqgen.evaluate import LARGE_RECIPE, Classifier, recipe_for
+
+    recipe = recipe_for("photos/", (3, 64, 64))
+    assert recipe is LARGE_RECIPE and recipe_for("photos/", (3, 32, 32)) is not LARGE_RECIPE
+    clf = Classifier.for_recipe(3, 5, recipe).eval()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    halved = torch.nn.functional.avg_pool2d(x, 2)  # (2, 3, 32, 32): each output pixel the mean of a 2×2 block
+    with torch.no_grad():
+        assert torch.allclose(clf.features(x), clf.features(halved), atol=1e-5)
+    assert "input_size" not in recipe_for("cifar10", (3, 32, 32)).record()  # older caches keep matching
+
+
 def test_flip_and_shift_moves_whole_images_within_the_padding():
     from vqgen.evaluate import flip_and_shift
 
@@ -238,6 +251,31 @@ def test_eval_with_prior_is_complete_and_reproducible(runs, data_root):
     assert again["classifier"]["cached"] is True
     assert {k: again[k] for k in NUMBERS} == {k: report[k] for k in NUMBERS}
     assert again["classifier"]["accuracy"] == report["classifier"]["accuracy"]
+
+
+def test_unlabelled_data_is_scored_in_another_sets_features(runs, tmp_path):
+    import numpy as np
+
+    from vqgen.data import load_data
+
+    ae, prior = runs
+    unlabelled = tmp_path / "unlabelled.npz"
+    images = load_data("shapes").test.images[:300]  # (N, 3, 32, 32) uint8
+    np.savez(unlabelled, images=images.permute(0, 2, 3, 1).numpy())
+    out = tmp_path / "eval.json"
+    args = ("--prior", prior, "--data", unlabelled, "--n", "24", "--out", out)
+    result = _eval(*args)  # no labels: no classifier of its own, so no distances
+    assert result.code == 0, result.err
+    assert "fid_samples_vs_test" not in json.loads(out.read_text())["samples"]
+    result = _eval(*args, "--features-from", "shapes")
+    assert result.code == 0, result.err
+    report = json.loads(out.read_text())
+    s = report["samples"]
+    assert report["classifier"]["data"] == "shapes" and "shapes's classifier" in s["features"]
+    assert s["fid_samples_vs_test"] >= 0 and s["fid_recon_vs_test"] >= 0
+    assert "class_accuracy" not in s and "recon_class_accuracy" not in s  # the classes are another set's
+    bad = _eval(*args, "--features-from", str(unlabelled))
+    assert bad.code == 2 and "has no labels" in bad.err and bad.err.count("\n") == 1
 
 
 @pytest.mark.parametrize(

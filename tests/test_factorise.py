@@ -121,10 +121,12 @@ def tiny_ae(**overrides) -> VQVAE:
     return VQVAE(AEConfig(**{**cfg, **overrides})).eval()
 
 
-@pytest.mark.parametrize("levels", [1, 2])
-def test_renumbering_a_codebook_is_a_bijection_that_keeps_the_images(levels: int):
-    flat = tiny_ae(levels=levels)
-    renumbered = tiny_ae(levels=levels, code_factors=FACTORS)
+@pytest.mark.parametrize(
+    "levels,kind", [(1, {}), (2, {}), (1, {"quantizer": "fsq", "fsq_levels": [4, 2, 2], "factor_by": "kmeans"})]
+)
+def test_renumbering_a_codebook_is_a_bijection_that_keeps_the_images(levels: int, kind: dict):
+    flat = tiny_ae(levels=levels, **{k: v for k, v in kind.items() if k != "factor_by"})
+    renumbered = tiny_ae(levels=levels, code_factors=FACTORS, **kind)
     renumbered.load_state_dict(flat.state_dict(), strict=False)
     renumbered.renumber_codes()
     for order in renumbered.code_order:
@@ -162,6 +164,11 @@ def test_fsq_factorises_by_groups_of_levels():
     assert not hasattr(ae, "code_order")  # fsq's own index is the factorised one
     with pytest.raises(ValueError, match="two sub-tokens"):
         AEConfig(codebook_size=16, code_factors=[2, 2, 4])
+    with pytest.raises(ValueError, match="only fsq"):
+        AEConfig(codebook_size=16, code_factors=[4, 4], factor_by="levels")
+    # fsq's grid of codes renumbered like a learnt codebook: any two factors of K, not only groups of levels
+    renumbered_fsq = tiny_ae(quantizer="fsq", fsq_levels=[4, 2, 2], code_factors=[2, 8], factor_by="kmeans")
+    assert hasattr(renumbered_fsq, "code_order")
 
 
 def test_factorised_pipeline_end_to_end_on_shapes(in_tmp):

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from vqgen.autoencoder import resolve_autoencoder
+from vqgen.codes import load_codes
 from vqgen.errors import VQGenError
 from vqgen.presets import PRESETS, grid_downsample, preset_for
 
@@ -26,7 +27,7 @@ def test_presets_follow_the_image_size_of_unnamed_data_only():
     small, large = preset_for("photos/", 32), preset_for("photos/", 64)
     assert (32 // small.ae_downsample, 64 // large.ae_downsample) == (8, 8)
     assert large.ae_steps < PRESETS["cifar10"].ae_steps  # four times the pixels: fewer steps in the same time
-    assert large.ae_adversarial > 0 and large.ae_adversarial_start < large.ae_steps
+    assert large.codebook_size == PRESETS["cifar10"].codebook_size  # natural images: the natural-image codebook
     assert preset_for("mnist", 64) is PRESETS["mnist"]  # a named set keeps its own, whatever the size
     assert preset_for("photos/") == preset_for("photos/", 32)
 
@@ -58,6 +59,10 @@ def test_a_64_pixel_folder_gets_an_8x8_grid_and_says_why(in_tmp):
     result = run_cli("train-ae", "--data", "photos", *small, "--downsample", "4", "--out", "runs/ae4")
     assert result.code == 0, result.err
     assert json.loads((in_tmp / "runs/ae4/config.json").read_text())["model"]["downsample"] == 4
+    # the codes remember the image size, so that the prior takes the defaults of the size, not of 32 pixels
+    assert run_cli("encode").code == 0
+    codes = load_codes("runs/codes.safetensors")
+    assert codes.image_size == 64 and preset_for(codes.dataset, codes.image_size) == preset_for("photos/", 64)
 
 
 def test_held_out_files_stay_held_out_when_the_folder_grows(tmp_path):

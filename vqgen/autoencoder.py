@@ -414,16 +414,19 @@ def load_autoencoder(run: str | Path, device: torch.device | str = "cpu") -> tup
     return ckpt.load_model(run, KIND, lambda config: VQVAE(AEConfig.from_dict(config["model"])), device)
 
 
-def factorise_autoencoder(run: str | Path, factors: list[int], out: str | Path, force: bool = False) -> Path:
+def factorise_autoencoder(
+    run: str | Path, factors: list[int], out: str | Path, force: bool = False, by: str | None = None
+) -> Path:
     """Write a copy of autoencoder run `run` into `out` whose codes factorise as `factors` (vqgen.factorise): a
-    vq/ema/simvq codebook renumbered by balanced k-means, or fsq's levels grouped. The networks and the images they
+    codebook renumbered by balanced k-means (`by` "kmeans", the default but for fsq), or fsq's levels grouped
+    ("levels"). The networks and the images they
     make are the same; only the numbers of the codes change. The copy has no training state (it is not resumable).
     """
     from dataclasses import replace
 
     model, config = load_autoencoder(run)
     try:
-        cfg = replace(model.cfg, code_factors=list(factors))
+        cfg = replace(model.cfg, code_factors=list(factors), factor_by=by)
     except ValueError as e:
         raise VQGenError(f"cannot factorise '{run}': {e}") from e
     factorised = VQVAE(cfg)

@@ -39,6 +39,7 @@ class CodesFile:
     train_top: torch.Tensor | None = None  # (N, m/2, m/2): a two-level autoencoder's top grids
     test_top: torch.Tensor | None = None
     factors: list[int] | None = None  # sub-vocabulary sizes of a code, most significant first (None: flat)
+    image_size: int | None = None  # n of the n×n images, which picks a prior's defaults (None: not recorded)
 
     @property
     def levels(self) -> int:
@@ -85,7 +86,7 @@ def save_codes(path: str | Path, codes: CodesFile) -> None:
         "class_names": json.dumps(codes.class_names),
         "levels": str(codes.levels),
         "factors": json.dumps(codes.factors or []),
-    }
+    } | ({"image_size": str(codes.image_size)} if codes.image_size else {})
     ckpt.save_tensors(path, tensors, meta)
 
 
@@ -101,6 +102,7 @@ def load_codes(path: str | Path) -> CodesFile:
         k, m, classes = int(meta["codebook_size"]), int(meta["grid_size"]), int(meta["num_classes"])
         class_names = json.loads(meta.get("class_names", "null"))
         factors = check_factors(json.loads(meta.get("factors", "[]")), k)
+        image_size = int(meta.get("image_size", "0")) or None
     except (KeyError, ValueError, TypeError, RecursionError) as e:
         raise VQGenError(f"'{path}' has damaged metadata ({e}); encode the data again") from e
     # bounded before anything is built from them: a prior's embeddings have K rows, its class table classes + 1
@@ -166,6 +168,7 @@ def load_codes(path: str | Path) -> CodesFile:
         tops.get("train"),
         tops.get("test"),
         factors or None,
+        image_size if image_size is not None and 0 < image_size <= MAX_GRID * 16 else None,
     )
 
 
@@ -225,6 +228,7 @@ def encode_dataset(
         train_levels[0] if len(train_levels) == 2 else None,
         test_levels[0] if len(test_levels) == 2 else None,
         model.cfg.code_factors or None,
+        model.cfg.image_size,
     )
     save_codes(out, codes)
     counts = torch.bincount(train_codes.flatten(), minlength=model.cfg.codebook_size)

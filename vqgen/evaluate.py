@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -70,6 +70,11 @@ class ClassifierRecipe:
     label_smoothing: float
     warmup: float  # the fraction of steps over which the learning rate rises linearly
     fast_precision: bool  # autocast as `--precision auto` picks for a convnet (bf16 where native), else fp32
+    input_size: int | None = None  # larger images are area-averaged down to this size first (None: as they are)
+
+    def record(self) -> dict:
+        """The settings a cached classifier must match; unset ones are left out, so older caches stay valid."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
     def steps(self, train_size: int) -> int:
         return min(self.max_steps, max(1, math.ceil(self.epochs * train_size / CLASSIFIER_BATCH)))
@@ -81,11 +86,18 @@ SMALL_RECIPE = ClassifierRecipe("small", 16, False, 2.0, 600, 2e-3, 1e-4, False,
 # too few for its features to mean much. This one reads 86.95% right (bench/results/natural-cifar10.json), trained
 # in 7 min 45 s on 2 AVX-512 cores with bf16: 12 epochs of flips and shifts, twice the width, two convs per stage.
 NATURAL_RECIPE = ClassifierRecipe("natural", 32, True, 12.0, 20_000, 2e-3, 5e-4, True, 0.1, 0.05, True)
+# Above 32 pixels the natural recipe sees its images averaged down to 32×32: a step at 64 pixels would cost four
+# times as much, and what tells the classes of a few thousand photos apart survives the halving (docs/results.md,
+# "Your own images").
+LARGE_RECIPE = replace(NATURAL_RECIPE, name="natural-32px", input_size=32)
 
 
 def recipe_for(source: str, image_shape: tuple[int, int, int]) -> ClassifierRecipe:
-    """The natural-image recipe for colour data other than the built-in (flat, synthetic) shapes; else the small."""
-    return NATURAL_RECIPE if image_shape[0] == 3 and source.lower() != "shapes" else SMALL_RECIPE
+    """The natural-image recipe for colour data other than the built-in (flat, synthetic) shapes (on 32×32 inputs
+    for larger images); else the small."""
+    if image_shape[0] != 3 or source.lower() == "shapes":
+        return SMALL_RECIPE
+    return LARGE_RECIPE if min(image_shape[1:]) > LARGE_RECIPE.input_size else NATURAL_RECIPE
 
 
 @dataclass
@@ -98,6 +110,9 @@ class EvalOptions:
     classes: str = "all"  # all (cycling, uniform), none (training label frequencies) or null (the null class)
     train_limit: int = 60_000  # train images encoded for the unigram entropy and the memorisation check
     classifier_steps: int | None = None  # None: as the data set's ClassifierRecipe says
+    # Another labelled data set whose classifier gives the features (an unlabelled set has none of its own); its
+    # images are resized to the evaluated ones. None: the evaluated data set's own classifier.
+    features_from: str | None = None
 
     def validate(self) -> None:
         from vqgen.limits import MAX_BATCH, MAX_SAMPLES, check_count
@@ -124,8 +139,17 @@ class Classifier(nn.Module):
     three with `double`), global average pooling, then a `feature_dim` hidden layer (the features of the Fréchet
     distance) and the class logits."""
 
-    def __init__(self, channels: int, num_classes: int, width: int = 16, feature_dim: int = 128, double: bool = False):
+    def __init__(
+        self,
+        channels: int,
+        num_classes: int,
+        width: int = 16,
+        feature_dim: int = 128,
+        double: bool = False,
+        input_size: int | None = None,
+    ):
         super().__init__()
+        self.input_size = input_size
 
         def conv(c_in: int, c_out: int, repeat: bool = False) -> list[nn.Module]:
             # BatchNorm makes one or two epochs enough: inputs vary widely in colour and contrast
@@ -149,15 +173,17 @@ class Classifier(nn.Module):
 
     @classmethod
     def for_recipe(cls, channels: int, num_classes: int, recipe: ClassifierRecipe) -> Classifier:
-        return cls(channels, num_classes, recipe.width, double=recipe.double)
+        return cls(channels, num_classes, recipe.width, double=recipe.double, input_size=recipe.input_size)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, n, n) in [-1, 1] → penultimate features (B, F)."""
+        if self.input_size is not None and x.shape[-1] > self.input_size:
+            x = F.adaptive_avg_pool2d(x, self.input_size)  # (B, C, input_size, input_size)
         return self.body(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, n, n) in [-1, 1] → class logits (B, classes)."""
-        return self.head(self.body(x))
+        return self.head(self.features(x))
 
 
 def classifier_root(data_root: str | Path) -> Path:
@@ -301,7 +327,7 @@ def load_or_train_classifier(
         "dataset": data.name,
         "image_shape": [channels, size, width],
         "num_classes": data.num_classes,
-        "recipe": recipe.__dict__,
+        "recipe": recipe.record(),
         "train_size": len(data.train),
         "steps": steps,
         "batch_size": CLASSIFIER_BATCH,
@@ -424,6 +450,8 @@ def evaluate_run(
     dc, dataset = _load_data(model, ae_config, data, data_root)
     test, k, m = dataset.test, model.cfg.codebook_size, model.cfg.grid_size
     labelled = dataset.train.labels is not None and dataset.test.labels is not None and dataset.num_classes >= 2
+    scored = labelled or opts.features_from is not None  # whether a classifier's features are there to compare in
+    classes_scored = labelled and opts.features_from is None  # whether its classes are the data's classes
     n_test = min(opts.n, len(test))  # held-out images the samples are compared with
 
     report: dict = {
@@ -445,16 +473,19 @@ def evaluate_run(
         # ---- stage one: reconstructions of the whole held-out split
         rec, test_codes, recons = reconstruction_pass(model, test, dev, opts.batch_size, keep=n_test, progress=progress)
         report["reconstruction"] = {"split": "test", "n": len(test), **rec, "codebook_size": k}
-        if pipe is None and labelled:
+        if pipe is None and scored:
             # ---- what the classifier makes of the reconstructions: do they keep their class, their statistics?
             _, reference = _classifier_reference(report, dataset, dc, dev, opts, progress, recons, n_test)
             report["reconstruction"] |= {
                 "n_classified": n_test,
                 "fid_recon_vs_test": reference["fid_recon_vs_test"],
                 "fid_train_vs_test": reference["fid_train_vs_test"],
-                "recon_class_accuracy": reference["recon_class_accuracy"],
-                "original_class_accuracy": reference["original_class_accuracy"],
             }
+            if classes_scored:
+                report["reconstruction"] |= {
+                    "recon_class_accuracy": reference["recon_class_accuracy"],
+                    "original_class_accuracy": reference["original_class_accuracy"],
+                }
         if pipe is not None:
             # ---- stage two: held-out likelihood, beside the unigram entropy (a prior that ignores context)
             limit = min(opts.train_limit, len(dataset.train))
@@ -541,7 +572,7 @@ def evaluate_run(
                 "train_split": "train",
                 "train_grids": limit,
             }
-            if labelled:
+            if scored:
                 # ---- sample quality through the classifier's eyes
                 clf, reference = _classifier_reference(report, dataset, dc, dev, opts, progress, recons, n_test)
                 images = decode_codes(pipe, levels, opts.batch_size)  # (n, C, n, n) uint8
@@ -554,11 +585,13 @@ def evaluate_run(
                     "fid_recon_vs_test": reference["fid_recon_vs_test"],
                     # the estimator's own noise at this N: real train images against real held-out ones
                     "fid_train_vs_test": reference["fid_train_vs_test"],
-                    "features": f"classifier penultimate layer ({clf.head.in_features}-d)",
-                    # the ceiling of class accuracy: how often the class survives the autoencoder
-                    "recon_class_accuracy": reference["recon_class_accuracy"],
+                    "features": f"classifier penultimate layer ({clf.head.in_features}-d)"
+                    + (f" of {opts.features_from}'s classifier" if opts.features_from is not None else ""),
                 }
-                if labels is not None and prior_cfg.num_classes == dataset.num_classes:
+                if classes_scored:
+                    # the ceiling of class accuracy: how often the class survives the autoencoder
+                    samples["recon_class_accuracy"] = reference["recon_class_accuracy"]
+                if classes_scored and labels is not None and prior_cfg.num_classes == dataset.num_classes:
                     hits = (sample_preds == labels).double()
                     samples["class_accuracy"] = float(hits.mean())
                     per_class = [
@@ -583,34 +616,45 @@ def _classifier_reference(
     recons: torch.Tensor,
     n_test: int,
 ) -> tuple[Classifier, dict]:
-    """The data set's classifier (cached or trained; its held-out accuracy goes into report["classifier"]), and the
-    figures every sample is compared against: the first n_test held-out images' features, the reconstructions'
-    and the train images' Fréchet distances to them, and how often a class survives the autoencoder."""
+    """The data set's classifier (cached or trained; its held-out accuracy goes into report["classifier"]), or that
+    of `opts.features_from`, and the figures every sample is compared against: the first n_test held-out images'
+    features, the reconstructions' and the train images' Fréchet distances to them, and how often a class survives
+    the autoencoder (with the data set's own classifier only)."""
     test = dataset.test
     root = classifier_root(dc.data_root if dc.data_root is not None else default_root())
-    clf, clf_info = load_or_train_classifier(dataset, dc.data, root, dev, opts.classifier_steps, progress)
-    _, test_preds = classifier_outputs(clf, test.images, dev, opts.batch_size)
+    own, source = dataset, dc.data
+    if opts.features_from is not None:
+        c, size, _ = dataset.image_shape
+        source = opts.features_from
+        own = DataConfig(source, dc.data_root, size, c).load()
+        if own.train.labels is None or own.num_classes < 2:
+            raise VQGenError(f"features_from: '{source}' has no labels, so it has no classifier; name a labelled set")
+    clf, clf_info = load_or_train_classifier(own, source, root, dev, opts.classifier_steps, progress)
+    _, own_preds = classifier_outputs(clf, own.test.images, dev, opts.batch_size)
     report["classifier"] = {
+        "data": own.name,
         "split": "test",
-        "n": len(test),
-        "accuracy": float((test_preds == test.labels).double().mean()),
+        "n": len(own.test),
+        "accuracy": float((own_preds == own.test.labels).double().mean()),
         "features": clf.head.in_features,
         "path": clf_info["path"],
         "cached": clf_info["cached"],
         "train_steps": clf_info["steps"],
         "train_seconds": clf_info.get("train_seconds"),
     }
-    test_feats, _ = classifier_outputs(clf, test.images[:n_test], dev, opts.batch_size)
+    test_feats, test_preds = classifier_outputs(clf, test.images[:n_test], dev, opts.batch_size)
     recon_feats, recon_preds = classifier_outputs(clf, recons, dev, opts.batch_size)
     train_feats, _ = classifier_outputs(clf, dataset.train.images[:n_test], dev, opts.batch_size)
-    truth = test.labels[:n_test]
-    return clf, {
+    reference = {
         "test_features": test_feats,
         "fid_recon_vs_test": frechet_distance(recon_feats, test_feats),
         "fid_train_vs_test": frechet_distance(train_feats, test_feats),
-        "recon_class_accuracy": float((recon_preds == truth).double().mean()),
-        "original_class_accuracy": float((test_preds[:n_test] == truth).double().mean()),
     }
+    if opts.features_from is None:
+        truth = test.labels[:n_test]
+        reference["recon_class_accuracy"] = float((recon_preds == truth).double().mean())
+        reference["original_class_accuracy"] = float((test_preds == truth).double().mean())
+    return clf, reference
 
 
 def report_rows(report: dict) -> dict[str, object]:
@@ -631,8 +675,9 @@ def report_rows(report: dict) -> dict[str, object]:
             held_out = f"test n={rec['n_classified']}"
             rows[f"Fréchet distance: reconstructions vs {held_out}"] = rec["fid_recon_vs_test"]
             rows[f"  noise: train images vs {held_out}"] = rec["fid_train_vs_test"]
-            rows[f"reconstructions keeping their class ({held_out})"] = rec["recon_class_accuracy"]
-            rows[f"  originals classified right ({held_out})"] = rec["original_class_accuracy"]
+            if "recon_class_accuracy" in rec:
+                rows[f"reconstructions keeping their class ({held_out})"] = rec["recon_class_accuracy"]
+                rows[f"  originals classified right ({held_out})"] = rec["original_class_accuracy"]
     nll = report.get("likelihood")
     if nll:
         where = f"{nll['split']}, n={nll['n']}"
@@ -644,7 +689,8 @@ def report_rows(report: dict) -> dict[str, object]:
         ]
     clf = report.get("classifier")
     if clf:
-        rows[f"classifier accuracy ({clf['split']}, n={clf['n']})"] = clf["accuracy"]
+        whose = f"{clf['data']}, " if "data" in clf and clf["data"] != report["data"]["name"] else ""
+        rows[f"classifier accuracy ({whose}{clf['split']}, n={clf['n']})"] = clf["accuracy"]
     s = report.get("samples")
     if s:
         if "fid_samples_vs_test" in s:

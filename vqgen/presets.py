@@ -99,10 +99,13 @@ def preset_for(dataset: str | None, image_size: int | None = None) -> Preset:
     return sized_preset(image_size) if image_size else Preset()
 
 
-# Steps at n pixels = CIFAR-10's × (32/n)² × this ratio: how much cheaper per pixel a step is at 8× downsampling than
-# at 4× (the extra outer stage is a narrow one), so that stage one keeps CIFAR-10's time; docs/results.md ("Your own
-# images") has the timing behind it.
-LARGE_IMAGE_STEP_RATIO = 2.4
+# Steps at n pixels = CIFAR-10's × (32/n)² × this ratio: a step at 8× downsampling costs less per pixel than one at
+# 4× (the extra outer stage is a narrow one), so that stage one at 64 pixels, without the discriminator, fills the
+# same 15 minutes on 2 cores (docs/results.md, "Your own images").
+LARGE_IMAGE_STEP_RATIO = 1.93
+# Stage two at n > 32 pixels sees CIFAR-10's 8×8 grid; these steps of the flat K = 2048 prior fill 15 minutes on the
+# slowest 2-core machine measured (docs/results.md, "Your own images").
+LARGE_IMAGE_PRIOR_STEPS = 1300
 
 
 def grid_downsample(image_size: int) -> int:
@@ -115,8 +118,8 @@ def grid_downsample(image_size: int) -> int:
 def sized_preset(image_size: int) -> Preset:
     """The real-data recipe for n×n images of a folder or array file: up to 32 pixels the plain one (4× downsampling);
     larger images keep an 8×8 grid (`grid_downsample`), so stage two costs what it costs at 32 pixels, and take
-    CIFAR-10's natural-image recipe for stage one with fewer steps, in proportion to the pixels, so that stage one
-    keeps to its time."""
+    CIFAR-10's codebook, with fewer steps in proportion to the pixels and no discriminator (whose step at 64 pixels
+    costs about three steps without it), so that each stage keeps to about 15 minutes."""
     base = Preset()
     if image_size <= 32:
         return base
@@ -127,5 +130,8 @@ def sized_preset(image_size: int) -> Preset:
         natural,
         ae_downsample=grid_downsample(image_size),
         ae_steps=steps,
-        ae_adversarial_start=round(steps * natural.ae_adversarial_start / natural.ae_steps / 100) * 100,
+        ae_adversarial=0.0,
+        ae_adversarial_start=0,
+        ae_feature_matching=0.0,
+        prior_steps=LARGE_IMAGE_PRIOR_STEPS,
     )

@@ -52,6 +52,9 @@ class AEConfig:
     levels: int = 1  # 2: also a top grid at half the resolution, which the bottom is quantized and decoded with
     # sub-vocabulary sizes whose product is K, most significant first ([]: flat codes); see vqgen.factorise
     code_factors: list[int] = field(default_factory=list)
+    # how codes become sub-tokens: "levels" (fsq's levels in groups) or "kmeans" (the codebook renumbered by balanced
+    # k-means after training, two sub-tokens); None: levels for fsq, kmeans for the learnt codebooks
+    factor_by: str | None = None
 
     def __post_init__(self) -> None:
         for name, upper in _SIZE_BOUNDS.items():
@@ -90,14 +93,18 @@ class AEConfig:
             self.fsq_levels = check_fsq_levels(self.fsq_levels)
             self.codebook_size = math.prod(self.fsq_levels)
         self.code_factors = check_factors(self.code_factors, self.codebook_size)
-        grouped = self.quantizer != "fsq" or fsq_factor_groups(self.fsq_levels, self.code_factors) is not None
+        if self.factor_by not in (None, "levels", "kmeans"):
+            raise ValueError(f"factor_by must be levels or kmeans, not {_short(self.factor_by)}")
+        if self.factor_by == "levels" and self.quantizer != "fsq":
+            raise ValueError(f"only fsq codes factorise by levels; a {self.quantizer} codebook is renumbered (kmeans)")
+        grouped = self.renumbered or fsq_factor_groups(self.fsq_levels, self.code_factors) is not None
         if self.code_factors and not grouped:
             raise ValueError(
                 f"fsq codes factorise into groups of levels, counted from the last level: {self.code_factors} are not "
                 f"products of contiguous groups of --fsq-levels {self.fsq_levels} (e.g. 8,8,8,6,5 → 240x64)"
             )
-        if self.quantizer != "fsq" and len(self.code_factors) > 2:
-            raise ValueError(f"a {self.quantizer} codebook is renumbered into two sub-tokens, not {self.code_factors}")
+        if self.renumbered and len(self.code_factors) > 2:
+            raise ValueError(f"a renumbered codebook has two sub-tokens, not {self.code_factors}")
         if self.grid_size < self.levels:
             raise ValueError(
                 f"--image-size {self.image_size} with --downsample {self.downsample} leaves no code grid"
@@ -123,8 +130,10 @@ class AEConfig:
 
     @property
     def renumbered(self) -> bool:
-        """Whether codes are a flat codebook's, renumbered after training (fsq's factorise by construction)."""
-        return bool(self.code_factors) and self.quantizer != "fsq"
+        """Whether codes are a flat codebook's, renumbered after training (fsq's factorise by construction, unless
+        factor_by says kmeans)."""
+        by = self.factor_by or ("levels" if self.quantizer == "fsq" else "kmeans")
+        return bool(self.code_factors) and by == "kmeans"
 
     @property
     def grid_sizes(self) -> list[int]:
@@ -305,7 +314,8 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def renumber_codes(self) -> None:
         """Renumber each level's codebook into sub-tokens (vqgen.factorise.balanced_order); a no-op for flat codes
-        and for fsq. It changes only the numbers that encode gives and decode takes, never the images."""
+        and for fsq's grouped levels. It changes only the numbers that encode gives and decode takes, never the
+        images."""
         if not self.cfg.renumbered:
             return
         for level, quantizer in enumerate(self.quantizers()):

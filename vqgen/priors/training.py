@@ -171,7 +171,7 @@ def train_prior(
         )
     codes = all_levels.level(level)
     if not resume:
-        preset = preset_for(codes.dataset)
+        preset = preset_for(codes.dataset, codes.image_size)
         train = with_stage_defaults(
             train, preset.prior_steps, preset.prior_lr, preset.prior_batch_size, preset.prior_ema_weights
         )

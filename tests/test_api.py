@@ -1,5 +1,6 @@
 """The Python API (issue 25): vqgen.load, encode/decode, Pipeline.load/generate/complete, VectorQuantize, the
-balanced class layout of `sample`, and a package that imports light and without cycles."""
+balanced class layout of `sample`, and a package that imports light and without cycles; and training from Python
+with the command line's defaults (train_autoencoder, train_prior)."""
 
 from __future__ import annotations
 
@@ -227,3 +228,94 @@ def test_all_classes_are_balanced_in_whole_rows_where_they_can_be(n, classes):
         assert whole_rows
     if (n, classes) == (5000, 10):  # the issue's case: 500 each, not 568 and 497, in rows of 100
         assert counts.tolist() == [500] * 10 and per_row == 100
+
+
+# ---------------------------------------------------- training from Python (vqgen.train_autoencoder, vqgen.train_prior)
+
+TINY_AE = {"steps": 2, "hidden": 16, "embed_dim": 8, "batch_size": 8, "quantizer": "fsq", "fsq_levels": [4, 4]}
+TINY_AE_FLAGS = ("--steps", "2", "--hidden", "16", "--embed-dim", "8", "--batch-size", "8", "--quantizer", "fsq")
+TINY_PRIOR = {"steps": 2, "batch_size": 8, "layers": 2, "width": 32, "eval_every": 0}
+TINY_PRIOR_FLAGS = ("--steps", "2", "--batch-size", "8", "--layers", "2", "--width", "32", "--eval-every", "0")
+
+
+def _config(run: Path) -> dict:
+    import json
+
+    return json.loads((Path(run) / "config.json").read_text())
+
+
+def test_train_autoencoder_from_python_is_the_cli_run(in_tmp):
+    import vqgen
+
+    results, run = vqgen.train_autoencoder(data="shapes", out="py/ae", code_factors=[4, 4], **TINY_AE)
+    assert Path(run).resolve() == (in_tmp / "py/ae").resolve() and (run / "model.safetensors").exists()
+    assert results and all(isinstance(value, float) for value in results.values())
+    lists = ("--fsq-levels", "4,4", "--code-factors", "4x4")
+    cli = run_cli("train-ae", "--data", "shapes", "--out", "cli/ae", *TINY_AE_FLAGS, *lists)
+    assert cli.code == 0, cli.err
+    py, sh = _config(in_tmp / "py/ae"), _config(in_tmp / "cli/ae")
+    for section in ("model", "train", "adversarial", "data", "dataset"):
+        assert py[section] == sh[section], section
+    assert py["model"]["hidden"] == 16 and py["model"]["fsq_levels"] == [4, 4] and py["model"]["code_factors"] == [4, 4]
+
+
+def test_train_prior_from_python_is_the_cli_run(runs, in_tmp):
+    import vqgen
+
+    codes = runs / "runs/codes.safetensors"
+    results, run = vqgen.train_prior(codes=codes, out="py/prior", **TINY_PRIOR)
+    assert Path(run).resolve() == (in_tmp / "py/prior").resolve() and "bits_per_code" in results
+    cli = run_cli("train-prior", "--codes", codes, "--out", "cli/prior", *TINY_PRIOR_FLAGS)
+    assert cli.code == 0, cli.err
+    py, sh = _config(in_tmp / "py/prior"), _config(in_tmp / "cli/prior")
+    for section in ("model", "train", "sampling", "codes", "parameters"):
+        assert py[section] == sh[section], section
+    assert (py["model"]["n_layer"], py["model"]["n_embd"]) == (2, 32)
+
+
+def test_a_prior_size_set_in_its_config_wins_over_the_preset(runs, in_tmp):
+    from vqgen.priors import PriorConfig
+    from vqgen.priors.training import train_prior
+    from vqgen.train import TrainConfig
+
+    codes = runs / "runs/codes.safetensors"
+    train_prior(PriorConfig(n_layer=2, n_embd=32), TrainConfig(steps=2, batch_size=8), codes, "given")
+    model = _config(in_tmp / "given")["model"]
+    assert (model["n_layer"], model["n_embd"]) == (2, 32)
+
+
+def test_an_unknown_setting_is_an_error_that_names_it(in_tmp):
+    import vqgen
+
+    with pytest.raises(vqgen.VQGenError, match=r"train_autoencoder\(\) got an unknown setting 'hiden' .*'hidden'"):
+        vqgen.train_autoencoder(out="ae", steps=2, hiden=16)
+    hint = r"train_prior\(\) got an unknown setting 'n_layer' \(did you mean 'layers'\?\); known: "
+    with pytest.raises(vqgen.VQGenError, match=hint):
+        vqgen.train_prior(out="prior", n_layer=2)
+    assert not (in_tmp / "ae").exists() and not (in_tmp / "prior").exists()
+
+
+@pytest.mark.parametrize(("command", "function"), [("train-ae", "train_autoencoder"), ("train-prior", "train_prior")])
+def test_a_train_command_passes_what_was_typed_to_the_function_with_its_defaults(command, function, monkeypatch):
+    import inspect
+
+    import typer.main
+
+    from vqgen import api
+    from vqgen.cli import app
+
+    # every option is a setting of the function, and --help shows the function's default
+    parameters = inspect.signature(getattr(api, function)).parameters
+    options = typer.main.get_command(app).commands[command].params
+    assert {p.name for p in options} == set(parameters) - {"console", "unknown"}
+    for option in options:
+        shown, default = option.default, parameters[option.name].default
+        assert (str(shown) if isinstance(shown, Path) else shown) == default, option.name
+    # the command passes only the options typed (lists parsed), so the function decides every default
+    calls = []
+    monkeypatch.setattr(api, function, lambda **kwargs: calls.append(kwargs) or ({}, Path("run")))
+    typed = ("--fsq-levels", "4,4", "--seed", "0") if command == "train-ae" else ("--layers", "2", "--seed", "0")
+    assert run_cli(command, *typed).code == 0
+    assert [{k: v for k, v in calls[0].items() if k != "console"}] == [
+        {"fsq_levels": [4, 4], "seed": 0} if command == "train-ae" else {"layers": 2, "seed": 0}
+    ]

@@ -1,6 +1,8 @@
 """vqgen: a VQ-VAE and an autoregressive prior over its codes, from the command line or from Python.
 
     import vqgen
+    vqgen.train_autoencoder(data="shapes", out="runs/ae", steps=600)  # `vqgen train-ae --steps 600`, from Python
+    # ... `vqgen encode`, then vqgen.train_prior(codes="runs/codes.safetensors", out="runs/prior", layers=2)
     ae = vqgen.load("runs/ae")                        # the VQVAE of a `vqgen train-ae` run, eval mode, on the CPU
     codes = ae.encode(images)                         # uint8 [0, 255] or float [-1, 1] (B, C, H, W) → (B, m, m)
     recon = vqgen.to_uint8(ae.decode(codes))          # decode gives float [-1, 1] (unclamped); to_uint8 rounds
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
     import torch
 
+    from vqgen.api import train_autoencoder, train_prior
     from vqgen.data import to_float, to_uint8
     from vqgen.errors import VQGenError
     from vqgen.layers import VectorQuantize
@@ -43,6 +46,8 @@ _LAZY = {
     "VectorQuantize": "vqgen.layers",
     "to_float": "vqgen.data",
     "to_uint8": "vqgen.data",
+    "train_autoencoder": "vqgen.api",
+    "train_prior": "vqgen.api",
 }
 
 __all__ = [
@@ -57,6 +62,8 @@ __all__ = [
     "load",
     "to_float",
     "to_uint8",
+    "train_autoencoder",
+    "train_prior",
 ]
 
 

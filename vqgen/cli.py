@@ -1,4 +1,5 @@
-"""The `vqgen` command line. Thin: it parses flags and calls the library.
+"""The `vqgen` command line. Thin: it parses flags and calls the library (the trainers: vqgen.api, with only the
+options typed, so that a command and the same call give the same run).
 
 torch and torchvision take seconds to import, so nothing heavy is imported at module level: `vqgen --help`
 stays fast, and each command imports what it needs when it runs.
@@ -169,12 +170,14 @@ def _console():
     return Console(stderr=False, quiet=os.environ.get("RANK", "0") != "0")
 
 
-def _train_config(**kwargs):
-    from vqgen.train import TrainConfig
-
-    defaults = TrainConfig()
-    values = {k: v for k, v in kwargs.items() if v is not None}
-    return TrainConfig(**(defaults.to_dict() | values))
+def _typed(ctx: typer.Context, values: dict) -> dict:
+    """The options of a command that were typed (a command's locals on entry), so that the library (vqgen.api)
+    decides every default, the same for a command and a call."""
+    return {
+        name: values[name]
+        for name in ctx.params
+        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")
+    }
 
 
 def _check_output_file(path: Path | None) -> None:
@@ -218,6 +221,7 @@ def _print_table(title: str, rows: dict, console=None) -> None:
 
 @app.command("train-ae")
 def train_ae(
+    ctx: typer.Context,
     data: DataOpt = "shapes",
     data_root: DataRootOpt = None,
     image_size: ImageSizeOpt = None,
@@ -396,55 +400,20 @@ def train_ae(
     Writes config.json, model.safetensors, state.safetensors (for --resume), metrics.jsonl and recon.png
     into --out, then prints held-out MSE, PSNR, codes used and perplexity.
     """
-    from vqgen.autoencoder import AdversarialConfig, DataConfig, train_autoencoder
+    from vqgen.api import train_autoencoder
     from vqgen.errors import VQGenError
     from vqgen.factorise import parse_factors
 
+    given = _typed(ctx, locals())
     try:
-        # the settings asked for; train_autoencoder fills the rest from the preset for the data and its image size
-        ae = {
-            "hidden": hidden,
-            "res_blocks": res_blocks,
-            "downsample": downsample,
-            "embed_dim": embed_dim,
-            "codebook_size": codebook_size,
-            "quantizer": quantizer,
-            "beta": beta,
-            "commitment": commitment,
-            "decay": decay,
-            "grad": grad,
-            "restart_dead": restart_dead,
-            "restart_below": restart_below,
-            "kmeans_init": kmeans_init,
-            "fsq_levels": None if fsq_levels is None else _parse_levels(fsq_levels),
-            "lookup_dim": lookup_dim,
-            "cosine": cosine,
-            "levels": levels,
-            "code_factors": None if code_factors is None else parse_factors(code_factors),
-        }
+        if fsq_levels is not None:
+            given["fsq_levels"] = _parse_levels(fsq_levels)
+        if code_factors is not None:
+            given["code_factors"] = parse_factors(code_factors)
     except ValueError as e:
         raise VQGenError(f"{e}") from e
-    if grad not in ("ste", "rotation"):  # checked after AEConfig so that its message wins
-        raise VQGenError(f"--grad must be ste or rotation, not '{grad}'")
-    train = _train_config(
-        steps=steps,
-        epochs=epochs,
-        minutes=minutes,
-        batch_size=batch_size,
-        lr=lr,
-        ema_weights=ema_weights,
-        seed=seed,
-        device=device,
-        precision=precision,
-        compile=compile,
-        log_every=log_every,
-        eval_every=eval_every,
-        save_every=save_every,
-    )
-    data_cfg = DataConfig(data, data_root, image_size, channels, strict)
     console = _console()
-    gan = AdversarialConfig(adversarial, adversarial_start, adversarial_lr, feature_matching)
-    results, run_dir = train_autoencoder(ae, train, data_cfg, out, resume, force, console, gan)
+    results, run_dir = train_autoencoder(**given, console=console)
     _print_table(f"held-out results ({run_dir})", results, console)
     console.print(f"wrote {run_dir}/model.safetensors, metrics.jsonl, recon.png")
 
@@ -599,6 +568,7 @@ def factorise(
 
 @app.command("train-prior")
 def train_prior_cmd(
+    ctx: typer.Context,
     codes: Annotated[
         Path | None,
         typer.Option(
@@ -689,35 +659,10 @@ def train_prior_cmd(
     Logs train loss and held-out bits per code / per image; writes config.json, model.safetensors,
     metrics.jsonl and samples.png (decoded samples at every evaluation) into --out.
     """
-    from vqgen.errors import VQGenError
-    from vqgen.priors import PriorConfig
-    from vqgen.priors.training import train_prior
+    from vqgen.api import train_prior
 
-    try:
-        prior = PriorConfig(arch=arch, class_dropout=class_dropout, dropout=dropout)
-    except ValueError as e:
-        raise VQGenError(str(e)) from e
-    train = _train_config(
-        steps=steps,
-        epochs=epochs,
-        minutes=minutes,
-        batch_size=batch_size,
-        lr=lr,
-        ema_weights=ema_weights,
-        seed=seed,
-        device=device,
-        precision=precision,
-        compile=compile,
-        log_every=log_every,
-        eval_every=eval_every,
-        save_every=save_every,
-        weight_decay=weight_decay,
-    )
     console = _console()
-    out = out or Path("runs/prior-bottom" if level == "bottom" else "runs/prior")
-    results, run_dir = train_prior(
-        prior, train, codes, out, class_conditional, resume, force, console, layers, width, heads, level, flat
-    )
+    results, run_dir = train_prior(**_typed(ctx, locals()), console=console)
     _print_table(f"held-out results ({run_dir})", results, console)
 
 

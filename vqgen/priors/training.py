@@ -141,10 +141,11 @@ def train_prior(
 ) -> tuple[dict[str, float], Path]:
     """Fit a prior to the train codes of `codes_path` in run folder `out` (under torchrun: rank 0 writes).
 
-    Unset training settings (steps, lr, batch size) and model size (`layers`, `width`, `heads`) take the defaults
-    of the codes' data set (vqgen.presets). Codes of a two-level autoencoder need `level` 'top' (a prior over the
-    top grids) or 'bottom' (over the bottom grids, conditioned on the top ones). Factorised codes get a prior that
-    predicts their sub-tokens (the codes file says how they factorise); `flat` asks for one K-way softmax instead.
+    Unset training settings (steps, lr, batch size) and model size take the defaults of the codes' data set
+    (vqgen.presets): a size given as `layers`, `width` or `heads`, or set in `prior`, wins (see with_size). Codes
+    of a two-level autoencoder need `level` 'top' (a prior over the top grids) or 'bottom' (over the bottom grids,
+    conditioned on the top ones). Factorised codes get a prior that predicts their sub-tokens (the codes file says
+    how they factorise); `flat` asks for one K-way softmax instead.
     """
     run_dir = Path(out)
     if resume:
@@ -237,23 +238,34 @@ def train_prior(
 def with_size(
     prior: PriorConfig, layers: int | None, width: int | None, heads: int | None, preset: Preset
 ) -> PriorConfig:
-    """The Transformer's blocks, width and heads (unset: the preset's, PriorConfig's) or the PixelCNN's layers and
-    channels (unset: PriorConfig's)."""
+    """The Transformer's blocks, width and heads or the PixelCNN's layers and channels: `layers`, `width` and
+    `heads` where given; else a size set in `prior` (one other than PriorConfig's default); else the preset's (the
+    Transformer's blocks and width) or PriorConfig's. Only a new run is sized: a resumed or loaded one keeps the
+    sizes in its config.json. (A size set in `prior` to PriorConfig's own default reads as unset: pass it as an
+    argument to insist on it.)"""
+    default = PriorConfig(arch=prior.arch)
     try:
         if prior.arch == "transformer":
             return replace(
                 prior,
-                n_layer=_or(layers, preset.transformer_layers),
-                n_embd=_or(width, preset.transformer_width),
-                n_head=_or(heads, prior.n_head),
+                n_layer=_first(layers, _given(prior.n_layer, default.n_layer), preset.transformer_layers),
+                n_embd=_first(width, _given(prior.n_embd, default.n_embd), preset.transformer_width),
+                n_head=_first(heads, prior.n_head),
             )
-        return replace(prior, pcnn_layers=_or(layers, prior.pcnn_layers), pcnn_channels=_or(width, prior.pcnn_channels))
+        return replace(
+            prior, pcnn_layers=_first(layers, prior.pcnn_layers), pcnn_channels=_first(width, prior.pcnn_channels)
+        )
     except ValueError as e:
         raise VQGenError(str(e)) from e
 
 
-def _or(given: int | None, default: int) -> int:
-    return default if given is None else given
+def _given(value: int, default: int) -> int | None:
+    """A size of a given PriorConfig, None where it is PriorConfig's own default (unset: the preset decides)."""
+    return None if value == default else value
+
+
+def _first(*sizes: int | None) -> int:
+    return next(size for size in sizes if size is not None)
 
 
 def saved_prior(config: dict, run_dir: str | Path) -> PriorConfig:

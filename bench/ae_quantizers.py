@@ -1,8 +1,9 @@
 """Stage one on MNIST (28×28 → 7×7 codes, K = 512): held-out PSNR, codes used, perplexity and img/s per quantizer.
 
-    python bench/ae_quantizers.py [--steps 1500] [--quantizers ema,vq,simvq,fsq] [--extra "--grad rotation"]
+    python bench/ae_quantizers.py [--steps 1500] [--quantizers ema,vq,simvq,fsq] [--extra "--grad rotation"] [--name N]
 
-Each run is `vqgen train-ae --data mnist --steps N --quantizer Q` with every other setting at its default.
+Each run is `vqgen train-ae --data mnist --steps N --quantizer Q` with every other setting at its default. Writes
+bench/results/<name>.json (default ae_quantizers).
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ def main() -> None:
     parser.add_argument("--name", default="ae_quantizers")
     parser.add_argument("--reuse", action="store_true", help="keep finished runs of the same step count")
     args = parser.parse_args()
+    # a value that begins with '-' as --extra=VALUE: `--extra --cosine` would read --cosine as an option
     command = "python bench/ae_quantizers.py " + " ".join(
-        f"--{k} {shlex.quote(str(v))}" for k, v in vars(args).items() if k != "reuse"
+        f"--{k}={shlex.quote(str(v))}" if str(v).startswith("-") else f"--{k} {shlex.quote(str(v))}"
+        for k, v in vars(args).items()
+        if k != "reuse"
     )
     rows = []
     for q in args.quantizers.split(","):

@@ -2,10 +2,13 @@
 
     python bench/datasets.py --data fashion-mnist --ae-steps 1500 --prior-steps 1000 --prior-batch 64
     python bench/datasets.py --data shapes            # the demo: every training flag at its default
+    python bench/datasets.py --data mnist --ae-steps 3000 --ae-extra '--codebook-size 512 --ema-weights 0' \
+        --name dataset-mnist-k512                     # MNIST's previous preset, beside the present one
 
-Runs go to runs/bench/<data>/{ae,codes.safetensors,prior}; `vqgen eval --prior` writes eval.json (held-out PSNR,
-codes used, bits per image, Fréchet distance of 1000 samples with its reconstruction floor, class accuracy);
-the reconstruction and sample grids are copied to docs/img/<data>-recon.png and docs/img/<data>-samples.png.
+Writes bench/results/<name>.json (default dataset-<data>). Runs go to runs/bench/<stem>/{ae,codes.safetensors,prior},
+<stem> being the name without "dataset-" (so <data> by default); `vqgen eval --prior` writes eval.json (held-out
+PSNR, codes used, bits per image, Fréchet distance of the samples with its reconstruction floor, class accuracy);
+the reconstruction and sample grids are copied to docs/img/<stem>-recon.png and docs/img/<stem>-samples.png.
 """
 
 from __future__ import annotations
@@ -31,22 +34,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default="shapes", help="data set name, as for vqgen train-ae --data")
     parser.add_argument("--ae-steps", type=int, help="train-ae --steps (default: train-ae's own)")
+    parser.add_argument("--ae-extra", help="more train-ae flags, e.g. '--codebook-size 512 --ema-weights 0'")
     parser.add_argument("--prior-steps", type=int, help="train-prior --steps (default: train-prior's own)")
     parser.add_argument("--prior-batch", type=int, help="train-prior --batch-size (default: train-prior's own)")
     parser.add_argument("--ae", help="reuse this finished autoencoder run instead of training one")
     parser.add_argument("--prior", help="reuse this finished prior run (of --ae's codes) instead of training one")
     parser.add_argument("--reuse", action="store_true", help="keep finished runs in runs/bench/<data>/")
     parser.add_argument("--n", type=int, default=5000, help="samples for vqgen eval (classes uniform)")
+    parser.add_argument("--name", help="the results file's name (default: dataset-<data>)")
     args = parser.parse_args()
     command = command_line("datasets.py", args)
     os.chdir(REPO)  # relative paths, so the recorded commands run from any checkout
-    base = Path("runs") / "bench" / args.data
+    name = args.name or f"dataset-{args.data}"
+    stem = name.removeprefix("dataset-")  # runs/bench/<data> and docs/img/<data>-*.png by default
+    base = Path("runs") / "bench" / stem
     root = ["--data-root", os.path.relpath(SHARED)] if args.data != "shapes" else []
     steps: dict[str, float] = {}
 
     ae = base / "ae" if args.ae is None else Path(args.ae)
     ae_flags = ["train-ae", "--data", args.data, *root, "--out", str(ae), "--force"]
     ae_flags += ["--steps", str(args.ae_steps)] if args.ae_steps else []
+    ae_flags += shlex.split(args.ae_extra or "")
     if args.ae is None and not (args.reuse and (ae / "model.safetensors").exists()):
         steps["train-ae"], _ = vqgen(*ae_flags)
     elif args.ae is None:
@@ -105,8 +113,8 @@ def main() -> None:
 
     docs = Path("docs/img")
     docs.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ae / "recon.png", docs / f"{args.data}-recon.png")
-    shutil.copyfile(picture / "grid.png", docs / f"{args.data}-samples.png")
+    shutil.copyfile(ae / "recon.png", docs / f"{stem}-recon.png")
+    shutil.copyfile(picture / "grid.png", docs / f"{stem}-samples.png")
 
     rec, nll, smp = report["reconstruction"], report["likelihood"], report["samples"]
     ae_config = json.loads((ae / "config.json").read_text())
@@ -149,7 +157,7 @@ def main() -> None:
             f"vqgen sample --n {picture_n} --prior {prior} --out {picture}",
         ],
     }
-    write_result(f"dataset-{args.data}", command, figures)
+    write_result(name, command, figures)
 
 
 if __name__ == "__main__":

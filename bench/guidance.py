@@ -4,9 +4,9 @@
     python bench/guidance.py --data fashion-mnist --prior runs/bench/fashion-mnist/prior --scales 1,1.5,2
 
 Every scale is one `vqgen eval --n N --guidance S` (classes uniform: the labels cycle over the classes), its report
-kept as RUN/eval-guidance-S.json. Writes bench/results/guidance-<data>.json and docs/img/guidance-<data>.png: Fréchet
-distance against class accuracy, one point per scale. (bench/datasets.py evaluates the samples drawn without naming
-a class, at the prior's default scale.)
+kept as RUN/eval-guidance-S.json. Writes bench/results/<name>.json and docs/img/<name>.png (default name
+guidance-<data>): Fréchet distance against class accuracy, one point per scale. (bench/datasets.py evaluates the
+samples drawn without naming a class, at the prior's default scale.)
 """
 
 from __future__ import annotations
@@ -76,13 +76,16 @@ def main() -> None:
     parser.add_argument("--scales", default="1,1.25,1.5,2,3", help="guidance scales to evaluate")
     parser.add_argument("--n", type=int, default=5000, help="samples per scale (and held-out images)")
     parser.add_argument("--plot-only", action="store_true", help="redraw the plot from bench/results/ and stop")
+    parser.add_argument("--name", help="the results file's and the plot's name (default: guidance-<data>)")
     args = parser.parse_args()
+    name = args.name or f"guidance-{args.data}"
     if args.plot_only:
-        figures = json.loads((REPO / "bench" / "results" / f"guidance-{args.data}.json").read_text())["figures"]
+        figures = json.loads((REPO / "bench" / "results" / f"{name}.json").read_text())["figures"]
         title = f"{args.data}: guidance sweep, n = {figures['n']} per scale"
-        plot(figures["scales"], REPO / "docs" / "img" / f"guidance-{args.data}.png", title)
+        plot(figures["scales"], REPO / "docs" / "img" / f"{name}.png", title)
         return
     command = f"python bench/guidance.py --data {args.data} --prior {args.prior} --scales {args.scales} --n {args.n}"
+    command += f" --name {args.name}" if args.name else ""
     os.chdir(REPO)
     prior = Path(args.prior)
     root = ["--data-root", os.path.relpath(SHARED)] if args.data != "shapes" else []
@@ -95,7 +98,7 @@ def main() -> None:
     best = min(rows, key=lambda r: r["fid"])
     docs = Path("docs/img")
     docs.mkdir(parents=True, exist_ok=True)
-    plot(rows, docs / f"guidance-{args.data}.png", f"{args.data}: guidance sweep, n = {args.n} per scale")
+    plot(rows, docs / f"{name}.png", f"{args.data}: guidance sweep, n = {args.n} per scale")
     figures = {
         "data": args.data,
         "prior": str(prior),
@@ -104,7 +107,7 @@ def main() -> None:
         "best_fid_scale": best["guidance"],
         "commands": commands,
     }
-    write_result(f"guidance-{args.data}", command, figures)
+    write_result(name, command, figures)
 
 
 if __name__ == "__main__":

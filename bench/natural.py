@@ -1,13 +1,21 @@
 """Stage one on natural images: CIFAR-10 with the reconstruction loss alone against the adversarial option.
 
-    python bench/natural.py --steps 6000 --adversarial 0.1 --adversarial-start 2000
+    python bench/natural.py    # defaults: --steps 6000 --codebook-size 512 --adversarial 0.1 --adversarial-start 2000
+    python bench/natural.py --variants adversarial --adversarial 0.2 --adversarial-start 1600 --adversarial-steps 5600 \
+        --feature-matching 0.1 --codebook-size 2048 --prior --name natural-cifar10-k2048    # the CIFAR-10 preset
 
-Trains one autoencoder per variant on ../shared/datasets/CIFAR10/cifar10-train-40k.npz (10% held out by vqgen's
-array-file split) with the same flags apart from the variant's own, then runs `vqgen eval --ae RUN --n N` on each:
-held-out PSNR and SSIM, codes used, the reconstructions' Fréchet distance in the eval classifier's features (with
-train-vs-held-out images as the noise) and how often a reconstruction keeps its class beside how often the original
-is classified right. Writes bench/results/natural-cifar10.json and docs/img/cifar10-recon-<name>-<variant>.png (held-out
-originals over reconstructions).
+Trains one autoencoder per variant of --variants (default mse,adversarial) on
+../shared/datasets/CIFAR10/cifar10-train-40k.npz (10% held out by vqgen's array-file split) with the same flags
+apart from the variant's own, every setting explicit (the file would otherwise take CIFAR-10's preset): --steps
+(default 6000; --minutes instead when given) and --codebook-size (default 512) for every variant, `mse` with
+--adversarial 0, `adversarial` with --adversarial (default 0.1) from --adversarial-start (default 2000), with
+--feature-matching (default 0: off) and for --adversarial-steps steps when given. Then runs `vqgen eval --ae RUN
+--n N` on each: held-out PSNR and SSIM, codes used, the reconstructions' Fréchet distance in the eval classifier's
+features (with train-vs-held-out images as the noise) and how often a reconstruction keeps its class beside how
+often the original is classified right; with --prior also the default prior on each variant's codes and `vqgen eval`
+of its samples. Writes bench/results/<name>.json (default natural-cifar10) and
+docs/img/cifar10-recon-<name>-<variant>.png (held-out originals over reconstructions; with --prior also
+docs/img/cifar10-samples-<name>-<variant>.png).
 """
 
 from __future__ import annotations

@@ -1,30 +1,34 @@
 """Stage two on MNIST codes: held-out bits per image of the PixelCNN and the Transformer (PixelAtt) at about the
 same parameter count and the same CPU-time budget, tokens/s in training, and the unigram entropy of the codes.
 
-    python bench/priors.py --ae runs/bench/ae-ema [--minutes 10]
+    python bench/priors.py --ae runs/bench/ae-ema [--minutes 10] [--archs transformer,pixelcnn] [--name priors]
 
 Each architecture is first timed for a few steps; its step count is then set to fill the budget, so both get the
-same wall-clock time on this machine. The codes come from `vqgen encode` of the given autoencoder.
+same wall-clock time on this machine. The codes come from `vqgen encode` of the given autoencoder. Writes
+bench/results/<name>.json; paths are relative to the repository.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
 
-from common import REPO, last_metrics, mean_rate, vqgen, write_result
+from common import REPO, command_line, last_metrics, mean_rate, vqgen, write_result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--ae", default=str(REPO / "runs" / "bench" / "ae-ema"))
+    parser.add_argument("--ae", default="runs/bench/ae-ema")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--archs", default="transformer,pixelcnn")
     parser.add_argument("--name", default="priors")
     args = parser.parse_args()
+    command = command_line("priors.py", args)  # --archs and --name too: they pick the rows and the file
+    os.chdir(REPO)
     codes = REPO / "runs" / "bench" / "mnist-codes.safetensors"
     if not codes.exists() or codes.stat().st_mtime < (Path(args.ae) / "model.safetensors").stat().st_mtime:
         vqgen("encode", "--ae", args.ae, "--out", codes)
@@ -98,7 +102,7 @@ def main() -> None:
         "codes": str(codes),
         "runs": rows,
     }
-    write_result(args.name, f"python bench/priors.py --ae {args.ae} --minutes {args.minutes}", figures)
+    write_result(args.name, command, figures)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """Training throughput of stage one on MNIST (img/s): fp32, bf16 and --compile, in 1 process or 2 under torchrun.
 
-    python bench/speed.py [--steps 200] [--configs fp32,bf16,compile] [--procs 1,2]
-    python bench/speed.py --levers [--steps 60] [--repeats 3]
+    python bench/speed.py [--steps 200] [--configs fp32,bf16,compile] [--procs 1,2] [--name speed]
+    python bench/speed.py --levers [--steps 60] [--repeats 3] [--name speed-levers]
 
 --levers times the training step itself in this process, for the autoencoder and the PixelCNN prior at the MNIST
 defaults, in the precision `--precision auto` picks here: as vqgen trains them, then with channels_last weights and
 inputs, with AdamW's fused kernel, with both, and at twice the batch. Each variant runs --steps timed steps after 5
 warm-up steps, --repeats times in turn (A B C A B C ...), and reports the median rate, so that drift in the machine's
-speed falls on every variant alike. Writes bench/results/speed-levers.json.
+speed falls on every variant alike. Writes bench/results/<name>.json: speed-levers.json with --levers, speed.json
+without, unless --name says otherwise.
 
 One process uses every core (OMP_NUM_THREADS = cores); N processes under torchrun get cores / N threads each, so
 both use the whole machine. img/s is the mean over the log windows after the first (warm-up and compilation);
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from common import REPO, SHARED, last_metrics, mean_rate, write_result
+from common import REPO, SHARED, command_line, last_metrics, mean_rate, write_result
 
 CONFIGS = {"fp32": [], "bf16": ["--precision", "bf16"], "compile": ["--compile"]}
 
@@ -129,11 +130,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds over the --levers variants")
     parser.add_argument("--configs", default="fp32,bf16,compile", help=f"comma-separated, of {', '.join(CONFIGS)}")
     parser.add_argument("--procs", default="1,2", help="comma-separated process counts")
-    parser.add_argument("--name", default="speed")
+    parser.add_argument("--name", default=None, help="the results file's name (default: speed, or speed-levers)")
     args = parser.parse_args()
+    command = command_line("speed.py", args)  # flags bare: `--levers False` would not parse
     if args.levers:
-        command = f"python bench/speed.py --levers --steps {args.steps} --repeats {args.repeats}"
-        write_result("speed-levers", command, levers(args.steps, args.repeats))
+        write_result(args.name or "speed-levers", command, levers(args.steps, args.repeats))
         return
     cores = os.cpu_count() or 1
     rows = []
@@ -157,11 +158,7 @@ def main() -> None:
             }
             print(row)
             rows.append(row)
-    write_result(
-        args.name,
-        "python bench/speed.py " + " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in vars(args).items()),
-        rows,
-    )
+    write_result(args.name or "speed", command, rows)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,16 @@
     pip install -e '.[bench]'       # vector-quantize-pytorch: a benchmark extra, never a run-time dependency
     python bench/vs_vqtorch.py --data mnist
     python bench/vs_vqtorch.py --data mnist --steps 3000 --restart-below 0.3 --name vs_vqtorch-mnist-short
+    python bench/vs_vqtorch.py --data mnist --steps 3000 --codebook-size 512 --ema-weights 0 \
+        --name vs_vqtorch-mnist-3000                  # MNIST's previous preset
 
-The rows train the autoencoder of `vqgen train-ae`'s defaults for the data set (vqgen/presets.py: steps, batch,
-codebook size and weight average; `--steps` overrides the steps) through vqgen's one training loop, in this one
-process, one after the other, with the same seed and data order. Only the quantizer differs: vqgen's `ema`
-(k-means++ initialisation, restarts after 50 idle steps; with `--restart-below S` a further row that also restarts
-codes used less than S times the mean) or `VectorQuantize` (EMA decay 0.99, k-means initialisation, dead-code
-threshold 2, commitment 0.25, rotation trick off). Held-out PSNR, codes used and perplexity come from vqgen's own
-evaluation of the 10,000 test images; img/s is the mean training throughput after the first log window. Writes
+The rows train the autoencoder of `vqgen train-ae`'s defaults for the data set (vqgen/presets.py: steps, batch, codebook
+size and weight average; `--steps`, `--codebook-size` and `--ema-weights` override theirs) through vqgen's one training
+loop, in this one process, one after the other, with the same seed and data order. Only the quantizer differs: vqgen's
+`ema` (k-means++ initialisation, restarts after 50 idle steps; with `--restart-below S` a further row that also restarts
+codes used less than S times the mean) or `VectorQuantize` (EMA decay 0.99, k-means initialisation, dead-code threshold
+2, commitment 0.25, rotation trick off). Held-out PSNR, codes used and perplexity come from vqgen's own evaluation of
+the 10,000 test images; img/s is the mean training throughput after the first log window. Writes
 bench/results/<name>.json (default vs_vqtorch-<data>).
 """
 
@@ -63,17 +65,27 @@ class LucidrainsVQ(Quantizer):
         return self.vq.codebook
 
 
-def train(data: str, root: str, quantizer: str, out: Path, steps: int | None, restart_below: float) -> dict:
+def train(
+    data: str,
+    root: str,
+    quantizer: str,
+    out: Path,
+    steps: int | None,
+    restart_below: float,
+    codebook_size: int | None = None,
+    ema_weights: float | None = None,
+) -> dict:
     preset = preset_for(data)
     steps = steps or preset.ae_steps
-    cfg = TrainConfig(steps=steps, batch_size=preset.ae_batch_size, lr=preset.ae_lr, ema_weights=preset.ae_ema_weights)
+    ema_weights = preset.ae_ema_weights if ema_weights is None else ema_weights
+    cfg = TrainConfig(steps=steps, batch_size=preset.ae_batch_size, lr=preset.ae_lr, ema_weights=ema_weights)
     images = DataConfig(data, root).load()
     channels, size, _ = images.image_shape
     ae = AEConfig(
         image_size=size,
         channels=channels,
         hidden=preset.ae_hidden,
-        codebook_size=preset.codebook_size,
+        codebook_size=codebook_size or preset.codebook_size,
         restart_below=restart_below,
     )
     seed_everything(cfg.seed)
@@ -102,6 +114,8 @@ def main() -> None:
     parser.add_argument("--data", default="mnist")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the data set's preset)")
     parser.add_argument("--restart-below", type=float, default=0.0, help="also a vqgen row with this --restart-below")
+    parser.add_argument("--codebook-size", type=int, default=None, help="K (default: the data set's preset)")
+    parser.add_argument("--ema-weights", type=float, default=None, help="weight average (default: the preset's)")
     parser.add_argument("--name", default=None, help="the results file's name (default: vs_vqtorch-<data>)")
     args = parser.parse_args()
     command = command_line("vs_vqtorch.py", args)
@@ -114,7 +128,7 @@ def main() -> None:
     rows = []
     for quantizer, slug, below in arms:
         out = Path("runs") / "bench" / "vs_vqtorch" / slug
-        rows.append(train(args.data, root, quantizer, out, args.steps, below))
+        rows.append(train(args.data, root, quantizer, out, args.steps, below, args.codebook_size, args.ema_weights))
         print(json.dumps(rows[-1]))
     from importlib.metadata import version
 

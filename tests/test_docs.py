@@ -1,11 +1,14 @@
 """The README and docs/ against the code and bench/results/: the preset table is the script's output, every cited
-JSON exists and records its command and machine, every relative link resolves, every CLI option is documented."""
+JSON exists and records its command and machine, every JSON's command is a line of `make bench`, every relative link
+resolves, every CLI option is documented."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import re
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -82,3 +85,107 @@ def test_usage_documents_every_option_of_every_command():
             for flag in [*param.opts, *param.secondary_opts]:
                 if flag.startswith("--") and flag != "--help":
                     assert f"`{flag}`" in text, f"vqgen {name} {flag} is not in docs/usage.md"
+
+
+# JSONs whose recorded command does not rebuild them as it stands, each with the `make bench` line that does; every
+# other JSON's own command must be a line of the target. docs/benchmarks.md ("Rebuilding these numbers") lists them.
+REBUILT_BY_ANOTHER_LINE = {
+    # ae_quantizers.py's old recorder wrote `--extra --cosine`, which argparse reads as an option; it now writes `=`
+    "lookup-cosine.json": "python bench/ae_quantizers.py --steps 3000 --quantizers ema --extra=--cosine"
+    " --name lookup-cosine",
+    # priors.py recorded neither --archs nor --name, and each of these holds one architecture's run; it now records both
+    "priors-transformer.json": "python bench/priors.py --ae runs/bench/ae-ema --minutes 10.0 --archs transformer"
+    " --name priors-transformer",
+    "priors-pixelcnn.json": "python bench/priors.py --ae runs/bench/ae-ema --minutes 10.0 --archs pixelcnn"
+    " --name priors-pixelcnn",
+    # renamed copies (their "benchmark" is the file they were written as) of runs on MNIST's previous preset, whose
+    # commands now write dataset-mnist.json, guidance-mnist.json and vs_vqtorch-mnist.json (docs/history.md); the
+    # scripts took --name (and the settings of that preset) so that a line writes each under its own name
+    "dataset-mnist-k512.json": "python bench/datasets.py --data mnist --ae-steps 3000"
+    " --ae-extra '--codebook-size 512 --ema-weights 0' --n 5000 --name dataset-mnist-k512",
+    "guidance-mnist-4500-steps.json": "python bench/guidance.py --data mnist --prior runs/mnist/prior-a"
+    " --scales 1,1.25,1.5,2,3 --n 5000 --name guidance-mnist-4500-steps",
+    "vs_vqtorch-mnist-3000.json": "python bench/vs_vqtorch.py --data mnist --steps 3000 --codebook-size 512"
+    " --ema-weights 0 --name vs_vqtorch-mnist-3000",
+}
+# ...and the one line that is not a benchmark: the hand-trained prior that guidance-mnist-4500-steps.json sweeps
+BENCH_INPUTS = [
+    "vqgen train-prior --codes runs/bench/mnist-k512/codes.safetensors --steps 4500 --batch-size 64 --lr 1e-3"
+    " --ema-weights 0.999 --eval-every 1500 --out runs/mnist/prior-a --force"
+]
+
+
+def _bench_lines() -> list[str]:
+    """The recipe of the Makefile's `bench` target, `$(BIN)/` dropped, whitespace normalised, comments left out."""
+    text = (REPO / "Makefile").read_text()
+    recipe = text[text.index("\nbench:") + 1 :].split("\n")[1:]
+    lines = []
+    for line in recipe:
+        if not line.startswith("\t"):
+            break
+        line = " ".join(line.replace("$(BIN)/", "").split())
+        if not line.startswith("#"):
+            lines.append(line)
+    return lines
+
+
+class _Parsed(Exception):
+    pass
+
+
+def _options(command: str, monkeypatch) -> tuple[str, dict]:
+    """The script that `python bench/SCRIPT ...` runs and the options its own argparse parser reads from the rest.
+    Older JSONs were recorded as `--flag True`, `--flag False` and `--option None`: read as `--flag`, nothing, and
+    nothing, which is what those runs were given."""
+    words = shlex.split(command)
+    assert words[:1] == ["python"] and words[1].startswith("bench/"), command
+    args, rest = [], words[2:]
+    while rest:
+        word = rest.pop(0)
+        if rest and rest[0] in ("True", "False", "None") and word.startswith("--"):
+            if rest.pop(0) == "True":
+                args.append(word)
+        else:
+            args.append(word)
+    script = REPO / words[1]
+    name = "bench_docs_" + script.stem
+    if name not in sys.modules:
+        monkeypatch.syspath_prepend(str(REPO / "bench"))
+        spec = importlib.util.spec_from_file_location(name, script)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_and_stop(self, args=None, namespace=None):
+        raise _Parsed(parse(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_and_stop)
+    monkeypatch.setattr(sys, "argv", [str(script), *args])
+    try:
+        sys.modules[name].main()
+    except _Parsed as parsed:
+        return words[1], vars(parsed.args[0])
+    except SystemExit as error:
+        raise AssertionError(f"{command!r} does not parse") from error
+    finally:
+        monkeypatch.undo()
+    raise AssertionError(f"{script.name} ran past its argument parsing")
+
+
+def test_make_bench_runs_the_command_of_every_json(monkeypatch):
+    lines = _bench_lines()
+    made = [_options(line, monkeypatch) for line in lines if line.startswith("python bench/")]
+    for line in BENCH_INPUTS:
+        assert line in lines, line
+    results = sorted((REPO / "bench" / "results").glob("*.json"))  # folder-*.json may come later: counted if there
+    assert len(results) > 40
+    for path in results:
+        data = json.loads(path.read_text())
+        assert data["command"].startswith("python bench/"), path.name
+        command = REBUILT_BY_ANOTHER_LINE.get(path.name)
+        if command is None:
+            assert data["benchmark"] == path.stem, f"{path.name} was renamed: list it in REBUILT_BY_ANOTHER_LINE"
+            command = data["command"]
+        script, options = _options(command, monkeypatch)
+        assert options.get("name") in (None, path.stem), f"{command!r} writes {options['name']}.json"
+        assert (script, options) in made, f"make bench has no line running {command!r} (for {path.name})"

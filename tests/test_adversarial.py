@@ -92,6 +92,31 @@ def test_generator_pass_leaves_the_discriminator_alone_and_its_step_is_the_hinge
         last.grad = None
 
 
+def test_fp16_scales_the_adaptive_weights_gradients_and_the_discriminators_step():
+    torch.manual_seed(0)
+    real = torch.rand(4, 1, 16, 16) * 2 - 1
+    last = torch.nn.Parameter(torch.randn(1, 1, 3, 3))
+    recon = torch.nn.functional.conv2d(real, last, padding=1)
+    rec = ((recon - real) ** 2).mean()
+    adv = recon.mean() * 1e-6  # a gradient of ~1e-9 per weight: below fp16's smallest subnormal unless scaled
+    # scaling is exact in fp32: the weight does not depend on the scale
+    assert torch.isclose(adaptive_weight(rec, adv, last, 2.0**16), adaptive_weight(rec, adv, last), rtol=1e-4)
+    adversary = Adversary(1, weight=0.5, start=0, lr=1e-3, device=torch.device("cpu"), fp16=True)
+    assert adversary.scaler.is_enabled() and adversary.weight_scale > 1
+    # a scaler skips the steps whose scaled gradients overflow and halves its scale: start near where it settles
+    adversary.scaler = torch.amp.GradScaler("cpu", init_scale=64.0)
+    before = [p.detach().clone() for p in adversary.discriminator.parameters()]
+    params = list(adversary.discriminator.parameters())
+    for _ in range(3):
+        with torch.autocast("cpu", dtype=torch.float16):
+            recon = torch.nn.functional.conv2d(real, last, padding=1)
+            term, stats = adversary.generator_term(real, recon, ((recon - real) ** 2).mean(), last)
+            adversary.discriminator_step()
+        assert torch.isfinite(stats["adv_weight"]) and stats["adv_weight"] > 0
+        assert all(torch.isfinite(p).all() for p in params)
+    assert any(not torch.equal(a, b) for a, b in zip(before, params, strict=True))  # scaled steps were taken
+
+
 def test_adversarial_resume_is_bit_identical(in_tmp, monkeypatch):
     from vqgen.autoencoder import AutoencoderTask
 

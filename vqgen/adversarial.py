@@ -83,12 +83,21 @@ def mean_over_ranks_(t: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(t).div_(world) if world > 1 else t
 
 
-def adaptive_weight(rec_loss: torch.Tensor, adv_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
+def adaptive_weight(
+    rec_loss: torch.Tensor, adv_loss: torch.Tensor, last_layer: torch.Tensor, scale: float = 1.0
+) -> torch.Tensor | None:
     """λ = ‖∇_w L_rec‖ / (‖∇_w L_adv‖ + δ) at the decoder's last weight w, clamped to [0, 1e4], without gradient.
-    Under torch.distributed the gradients are those of the global batch, so every rank gets the same λ."""
-    rec_grad = mean_over_ranks_(torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0])
-    adv_grad = mean_over_ranks_(torch.autograd.grad(adv_loss, last_layer, retain_graph=True)[0])
-    weight = rec_grad.norm() / (adv_grad.norm() + ADAPTIVE_DELTA)
+    Under torch.distributed the gradients are those of the global batch, so every rank gets the same λ.
+
+    Under fp16 both losses are multiplied by `scale` (a gradient scaler's) before the backward pass, so that small
+    gradients do not flush to zero in half precision, and the gradients divided by it after; None where the scaled
+    gradients overflowed (try a smaller scale)."""
+    rec_grad = mean_over_ranks_(torch.autograd.grad(rec_loss * scale, last_layer, retain_graph=True)[0].float())
+    adv_grad = mean_over_ranks_(torch.autograd.grad(adv_loss * scale, last_layer, retain_graph=True)[0].float())
+    rec_norm, adv_norm = rec_grad.norm() / scale, adv_grad.norm() / scale
+    if scale != 1.0 and not bool(torch.isfinite(rec_norm + adv_norm)):
+        return None
+    weight = rec_norm / (adv_norm + ADAPTIVE_DELTA)
     return weight.clamp(0.0, ADAPTIVE_MAX).detach()
 
 
@@ -105,8 +114,12 @@ class Adversary:
         lr: float,
         device: torch.device,
         feature_weight: float = 0.0,
+        fp16: bool = False,
     ):
         self.weight, self.start, self.feature_weight = weight, start, feature_weight
+        # fp16 gradients underflow without a scaler; the discriminator has its own, as it has its own optimizer
+        self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+        self.weight_scale = 2.0**16 if fp16 else 1.0  # the adaptive weight's, halved whenever it overflows
         self.discriminator = PatchDiscriminator(channels).to(device)
         for tensor in self.discriminator.state_dict().values():
             broadcast_from_rank0(tensor)  # every rank starts from one discriminator
@@ -136,7 +149,10 @@ class Adversary:
         finally:
             self.discriminator.requires_grad_(True)
         adv = generator_loss(fake_logits)
-        lam = adaptive_weight(rec_loss, adv, last_layer)
+        lam = adaptive_weight(rec_loss, adv, last_layer, self.weight_scale)
+        while lam is None:  # only under fp16; every rank sees the same overflow, as the gradients are all-reduced
+            self.weight_scale /= 2
+            lam = adaptive_weight(rec_loss, adv, last_layer, self.weight_scale) if self.weight_scale >= 1 else zero
         real_logits = None
         term, stats = self.weight * lam * adv, {"adv_weight": lam}
         if self.feature_weight:
@@ -160,8 +176,9 @@ class Adversary:
             real_logits = self.discriminator(real)
         loss = hinge_discriminator_loss(real_logits, self.discriminator(fake))
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         for param in self.discriminator.parameters():
             mean_over_ranks_(param.grad)  # the global batch's gradient, as the autoencoder's DDP gives it
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped, and the scale halved, where a scaled gradient overflowed
+        self.scaler.update()
         return loss.detach()

@@ -364,6 +364,7 @@ def _train_in(
             adversarial.lr or train.lr,
             device,
             feature_weight=adversarial.feature_matching,
+            fp16=train.precision == "fp16",
         )
     task = AutoencoderTask(model, data, device, adversary=adversary)
     results = fit(task, train, folder.path, resume=resume, console=console, on_saved=folder.commit)

@@ -57,8 +57,8 @@ def lever_rate(network: str, steps: int, channels_last=False, fused=False, batch
     """Examples per second of `steps` training steps of `network` (after 5 untimed ones), in this process."""
     import torch
 
+    from vqgen.device import autocast, resolve_precision
     from vqgen.priors import PriorConfig, build_prior, code_cross_entropy
-    from vqgen.train import autocast, resolve_precision
     from vqgen.vqvae import VQVAE, AEConfig, reconstruction_loss
 
     torch.manual_seed(0)
@@ -100,7 +100,7 @@ def levers(steps: int, repeats: int) -> list[dict]:
 
     import torch
 
-    from vqgen.train import resolve_precision
+    from vqgen.device import resolve_precision
 
     rows = []
     for network in ("autoencoder", "pixelcnn"):

@@ -282,16 +282,16 @@ def test_bf16_on_cpu_keeps_the_quantizer_in_fp32(in_tmp, monkeypatch):
     ],
 )
 def test_auto_precision_follows_the_hardware(device, network, cuda_bf16, cpu_bf16, expected):
-    from vqgen.train import auto_precision
+    from vqgen.device import auto_precision
 
     assert auto_precision(device, network, cuda_bf16=cuda_bf16, cpu_bf16=cpu_bf16) == expected
 
 
 @pytest.mark.parametrize("native", [False, True])
 def test_auto_precision_is_printed_recorded_and_kept_on_resume(in_tmp, monkeypatch, native):
-    import vqgen.train
+    import vqgen.device
 
-    monkeypatch.setattr(vqgen.train, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(vqgen.device, "cpu_has_native_bf16", lambda: native)
     result = run_cli("train-ae", *AE_FLAGS, "--steps", "2", "--device", "cpu")
     assert result.code == 0, result.err
     chosen = "bf16" if native else "fp32"
@@ -299,7 +299,7 @@ def test_auto_precision_is_printed_recorded_and_kept_on_resume(in_tmp, monkeypat
     config_path = in_tmp / "runs/ae" / ckpt.CONFIG
     assert json.loads(config_path.read_text())["train"]["precision"] == chosen
     # a resume repeats the recorded precision even where auto would now choose the other one
-    monkeypatch.setattr(vqgen.train, "cpu_has_native_bf16", lambda: not native)
+    monkeypatch.setattr(vqgen.device, "cpu_has_native_bf16", lambda: not native)
     result = run_cli("train-ae", "--resume", "--steps", "3")
     assert result.code == 0, result.err
     assert f"precision {chosen}" in " ".join(result.out.split())

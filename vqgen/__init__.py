@@ -72,8 +72,8 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> VQVAE | Pri
     Prior of a `vqgen train-prior` run, with its checked weights, in eval mode on `device` ("cpu", "cuda",
     "cuda:N", "mps" or "auto"). For sampling, vqgen.Pipeline.load pairs a prior with its autoencoder."""
     from vqgen import checkpoint as ckpt
+    from vqgen.device import resolve_device
     from vqgen.errors import VQGenError
-    from vqgen.train import resolve_device
 
     dev = resolve_device(str(device))
     kind = ckpt.read_config(run_dir).get("kind")

@@ -21,6 +21,7 @@ from vqgen.data import (
     to_float,
     to_uint8,
 )
+from vqgen.distributed import on_main, owns_process_group
 from vqgen.errors import VQGenError
 from vqgen.images import save_grid
 from vqgen.metrics import codes_used, image_mse, perplexity, psnr_from_mse
@@ -30,8 +31,6 @@ from vqgen.train import (
     Task,
     TrainConfig,
     fit,
-    on_main,
-    owns_process_group,
     resumed_config,
     seed_everything,
     setup_device,
@@ -133,7 +132,7 @@ class AutoencoderTask(Task):
     def extra_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         if self.adversary is None:
             return {}, {}
-        from vqgen.train import optimizer_tensors
+        from vqgen.resume import optimizer_tensors
 
         tensors = {f"adv.model.{k}": v for k, v in self.adversary.discriminator.state_dict().items()}
         opt_tensors, opt_meta = optimizer_tensors(self.adversary.optimizer, prefix="adv.optim")
@@ -142,7 +141,7 @@ class AutoencoderTask(Task):
     def load_extra_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         if self.adversary is None:
             return
-        from vqgen.train import load_optimizer
+        from vqgen.resume import load_optimizer
 
         weights = {k[len("adv.model.") :]: v for k, v in tensors.items() if k.startswith("adv.model.")}
         if not weights or "adversary_optimizer" not in meta:

@@ -436,8 +436,8 @@ def reconstruct(
 ) -> None:
     """Write a grid of held-out originals over their reconstructions through the codes."""
     from vqgen.autoencoder import data_for, load_autoencoder, save_reconstructions
+    from vqgen.device import resolve_device
     from vqgen.errors import VQGenError
-    from vqgen.train import resolve_device
 
     if n < 1:
         raise VQGenError(f"--n must be at least 1, not {n}")

@@ -202,8 +202,8 @@ def encode_dataset(
 ) -> tuple[CodesFile, dict[str, float]]:
     """Encode the train and test split of a data set (default: the one the autoencoder was trained on)."""
     from vqgen.autoencoder import data_for, load_autoencoder
+    from vqgen.device import resolve_device
     from vqgen.progress import make_progress
-    from vqgen.train import resolve_device
 
     check_count(batch_size, "--batch-size", MAX_BATCH)  # 0 or less encoded nothing and wrote an empty file
     dev = resolve_device(device)

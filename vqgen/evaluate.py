@@ -35,6 +35,7 @@ from vqgen.data import (
     to_float,
     to_uint8,
 )
+from vqgen.device import autocast, resolve_device, resolve_precision
 from vqgen.errors import VQGenError
 from vqgen.metrics import (
     copy_fraction,
@@ -47,7 +48,6 @@ from vqgen.metrics import (
     ssim,
 )
 from vqgen.progress import make_progress
-from vqgen.train import autocast, resolve_device, resolve_precision
 from vqgen.vqvae import VQVAE
 
 EVAL_FILE = "eval.json"

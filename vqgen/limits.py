@@ -16,6 +16,7 @@ MAX_CLASSES = 1 << 16  # labels of a class-conditional prior and of a codes file
 MAX_GRID = 256  # the side of a code grid
 MAX_PARAMETERS = 1 << 30  # of one model: about 4 GiB of fp32 weights, four times that to train with Adam
 MAX_SAMPLES = 1_000_000  # images one call samples: labels, codes and images are held for all of them at once
+MAX_STEPS = 10**9  # of a training run: far beyond any, and small enough that the schedule's arithmetic stays exact
 MAX_BATCH = 65_536  # grids sampled (or images encoded) at once: a batch holds B × K logits and B × m² codes
 
 

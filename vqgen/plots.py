@@ -148,8 +148,8 @@ def _plot_codebook(run: Path, n: int, device: str, data_root: str | None) -> lis
     from vqgen.autoencoder import data_config_of, load_autoencoder
     from vqgen.codes import encode_split
     from vqgen.data import Split
+    from vqgen.device import resolve_device
     from vqgen.metrics import perplexity
-    from vqgen.train import resolve_device
 
     dev = resolve_device(device)
     model, config = load_autoencoder(run, dev)

@@ -167,7 +167,7 @@ class Pipeline:
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images (B, C, H, W), uint8 in [0, 255] or float in [-1, 1] → the code grid of each level, top first, on
         the CPU (under the pipeline's precision, as `complete` encodes)."""
-        from vqgen.train import autocast
+        from vqgen.device import autocast
 
         with autocast(self.device, self.precision):  # the quantizer's distances stay in fp32 regardless
             return [g.cpu() for g in self.ae.encode_levels(images.to(self.device))]
@@ -225,8 +225,8 @@ def load_pipeline(
     For a two-level autoencoder `prior_run` is the top prior and `bottom_run` the bottom one (default: the top's
     folder name + '-bottom', where `train-prior --level bottom` writes by default)."""
     from vqgen.autoencoder import load_autoencoder
+    from vqgen.device import resolve_device, resolve_precision
     from vqgen.priors.training import load_prior
-    from vqgen.train import resolve_device, resolve_precision
 
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev, "autoencoder")
@@ -479,7 +479,7 @@ def resolve_guidance(pipe: Pipeline, asked: float | None, labelled: bool, level:
 def decode_codes(pipe: Pipeline, levels: list[torch.Tensor], batch_size: int = 256) -> torch.Tensor:
     """The code grids of each level, top first ([(N, m, m)] or [(N, m/2, m/2), (N, m, m)]) → uint8 images
     (N, C, n, n)."""
-    from vqgen.train import autocast
+    from vqgen.device import autocast
 
     with autocast(pipe.device, pipe.precision):
         parts = [

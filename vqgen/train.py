@@ -1,17 +1,16 @@
 """The one training loop both stages share.
 
 A stage is a `Task`: it owns the model and the data, and says what one step computes, what a log window reports
-and what an evaluation measures. `fit` does everything else: devices, precision, the optimizer and its schedule,
-the progress bar, metrics.jsonl, periodic and signal-triggered checkpoints, exact resumption, NaN detection and
-torch.distributed.
+and what an evaluation measures. `fit` does everything else: the optimizer and its schedule, the progress bar,
+metrics.jsonl, periodic and signal-triggered checkpoints, exact resumption, NaN detection and torch.distributed,
+with the device and precision choice from vqgen.device, the process group and its collectives from
+vqgen.distributed and the saved training state from vqgen.resume.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -19,13 +18,22 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
 from vqgen import checkpoint as ckpt
-from vqgen.distributed import all_reduce_sum, is_distributed, rank_and_world
+from vqgen.device import autocast, resolve_device, resolve_precision
+from vqgen.distributed import (
+    DistInfo,
+    agreed_signal,
+    any_rank,
+    broadcast_object,
+    mean_over_ranks,
+    setup_distributed,
+)
 from vqgen.errors import TrainingInterrupted, VQGenError
+from vqgen.limits import MAX_STEPS
 from vqgen.progress import make_progress
+from vqgen.resume import load_state, optimizer_tensors, save_state
 
 
 @dataclass
@@ -46,7 +54,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate only at the end
     save_every: int = 500
     device: str = "auto"
-    precision: str = "auto"  # resolved (see resolve_precision) before the run's config.json is written
+    precision: str = "auto"  # resolved (see vqgen.device.resolve_precision) before the run's config.json is written
     compile: bool = False
 
     def to_dict(self) -> dict:
@@ -74,7 +82,6 @@ class TrainConfig:
             raise VQGenError(f"'{source}' has an invalid train section ({e}); the run folder is damaged") from None
 
 
-MAX_STEPS = 10**9  # far beyond any run, and small enough that the schedule's arithmetic stays exact
 MAX_BATCH = 1 << 20
 
 
@@ -135,130 +142,8 @@ def _check_train_config(c: TrainConfig) -> None:
     need(isinstance(c.compile, bool), "--compile", "true or false", c.compile)
 
 
-# ----------------------------------------------------------------------------------------------- environment
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    name = name.lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise VQGenError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise VQGenError("--device mps was asked for but MPS is not available; use --device cpu or auto")
-    if name not in ("cpu", "mps") and not name.startswith("cuda"):
-        raise VQGenError(f"unknown --device '{name}'; use auto, cpu, cuda, cuda:N or mps")
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return torch.device(name)
-
-
-_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX), as torch reports it. AVX2-only CPUs emulate
-    bf16, and there autocast to it is several times slower than fp32."""
-    import torch.cpu as tcpu
-
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    if any(hasattr(tcpu, name) for name in checks):
-        return any(getattr(tcpu, name, lambda: False)() for name in checks)
-    try:  # an older torch: read the flags the kernel reports
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def auto_precision(device_type: str, network: str, *, cuda_bf16: bool, cpu_bf16: bool) -> str:
-    """What `--precision auto` runs `network` ("autoencoder", "pixelcnn" or "transformer") in, given the device.
-
-    A GPU with bf16 runs everything in bf16 (same range as fp32, so no loss scaling); one without gets fp32 (fp16
-    stays an explicit choice: it needs a scaler and can overflow). A CPU with native bf16 runs the convolutional
-    networks in bf16 (1.28× the img/s of fp32 for the default autoencoder, 1.29× the codes/s for the PixelCNN, on 2
-    AVX-512 cores, bench/precision.py); the Transformer stays in fp32 there, since at the default width its matrices
-    are too small for bf16 to pay for the casts (1.02×, within run-to-run spread). Anything else gets fp32."""
-    if device_type == "cuda":
-        return "bf16" if cuda_bf16 else "fp32"
-    if device_type == "cpu" and cpu_bf16 and network != "transformer":
-        return "bf16"
-    return "fp32"
-
-
-def resolve_precision(precision: str, device: torch.device, network: str) -> str:
-    """`precision` itself, or what `auto` picks for `network` on `device`; checked against the device."""
-    if precision == "auto":
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        cpu_bf16 = device.type == "cpu" and cpu_has_native_bf16()
-        precision = auto_precision(device.type, network, cuda_bf16=cuda_bf16, cpu_bf16=cpu_bf16)
-    check_precision(device, precision)
-    return precision
-
-
-def check_precision(device: torch.device, precision: str) -> None:
-    """Refuse, with the fix, a --precision the device cannot run (before any run folder is written)."""
-    if precision not in _PRECISIONS:
-        raise VQGenError(f"unknown --precision '{precision}'; use auto, fp32, bf16 or fp16")
-    if precision == "fp32":
-        return
-    if device.type == "cpu" and precision == "fp16":
-        # CPU autocast can do fp16, but with no fp16 units it is slower than fp32 and needs loss scaling for nothing
-        raise VQGenError("--precision fp16 needs a GPU; on the CPU use --precision bf16 or fp32")
-    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise VQGenError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16; use --precision fp16 or fp32")
-    if not torch.amp.is_autocast_available(device.type):
-        raise VQGenError(f"--precision {precision} is not supported on {device.type}; use --precision fp32")
-
-
-def autocast(device: torch.device, precision: str):
-    """Autocast for the networks (see check_precision); the quantizer and the sampling softmax opt out, in fp32."""
-    if precision not in _PRECISIONS:
-        raise VQGenError(f"unknown --precision '{precision}'; use auto, fp32, bf16 or fp16")
-    dtype = _PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: torch.device) -> DistInfo:
-    """Join the process group torchrun describes (nccl on CUDA, gloo on CPU); a no-op for a single process.
-
-    Idempotent: the stage entry points call it before touching the run folder, and `fit` again.
-    """
-    if is_distributed():
-        return DistInfo(dist.get_rank(), dist.get_world_size())
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return DistInfo()
-    global _CONTROL_GROUP
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # nccl uses the current device
-        dist.init_process_group("nccl")
-        _CONTROL_GROUP = dist.new_group(backend="gloo")  # small CPU-side messages without a GPU sync
-    else:
-        dist.init_process_group("gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size())
-
-
-_CONTROL_GROUP = None  # None: the default group (gloo on the CPU)
 
 
 def setup_device(cfg: TrainConfig, network: str) -> tuple[torch.device, DistInfo]:
@@ -267,52 +152,6 @@ def setup_device(cfg: TrainConfig, network: str) -> tuple[torch.device, DistInfo
     device = resolve_device(cfg.device)
     cfg.precision = resolve_precision(cfg.precision, device, network)
     return device, setup_distributed(device)
-
-
-def owns_process_group(fn):
-    """Decorate a stage entry point: a process group it created (under torchrun) is destroyed when it returns."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        global _CONTROL_GROUP
-        existed = is_distributed()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if not existed and is_distributed():
-                dist.destroy_process_group()  # the control group with it
-                _CONTROL_GROUP = None
-
-    return wrapper
-
-
-def broadcast_object(obj):
-    """Rank 0's `obj` (anything picklable) on every rank."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0, group=_CONTROL_GROUP)
-    return box[0]
-
-
-def on_main(fn, *args, **kwargs):
-    """Run fn on rank 0 only (file-system set-up); every rank returns its result, or raises its error.
-
-    Without sharing the outcome, a refusal on rank 0 (say, the run folder exists) would leave the other ranks
-    waiting for it in their first collective.
-    """
-    result, error = None, None
-    if rank_and_world()[0] == 0:
-        try:
-            result = fn(*args, **kwargs)
-        except Exception as e:  # shared below, then re-raised as it was on rank 0
-            error = e
-    shared_result, message = broadcast_object((result, None if error is None else str(error)))
-    if error is not None:
-        raise error
-    if message is not None:
-        raise VQGenError(message)
-    return result if rank_and_world()[0] == 0 else shared_result  # rank 0 keeps its own object (a lock it holds)
 
 
 # ----------------------------------------------------------------------------------------------- the task interface
@@ -325,7 +164,7 @@ class Task:
     kind: str = "task"
     unit: str = "img"  # what throughput counts
     examples_per_row: int = 1  # units per data row (1 image, or m² codes)
-    network: str = "autoencoder"  # what `--precision auto` decides for (see auto_precision)
+    network: str = "autoencoder"  # what `--precision auto` decides for (see vqgen.device.auto_precision)
 
     def num_rows(self) -> int:
         """Training rows (images or code grids)."""
@@ -376,33 +215,7 @@ class Task:
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-# ----------------------------------------------------------------------------------------------- state
-
-
-def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "optim") -> tuple[dict[str, torch.Tensor], dict]:
-    """Flatten an optimizer state_dict into named tensors (PREFIX.<param>.<key>) plus JSON-able scalars."""
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, state in sd["state"].items():
-        for key, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"{prefix}.{pid}.{key}"] = value
-            else:
-                scalars[f"{pid}.{key}"] = value
-    groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in sd["param_groups"]]
-    return tensors, {"scalars": scalars, "param_groups": groups, "tensors": sorted(tensors)}
-
-
-def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """The inverse of optimizer_tensors, given only the tensors under its prefix."""
-    state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        pid, key = name.rsplit(".", 2)[-2:]
-        state.setdefault(int(pid), {})[key] = value
-    for name, value in meta["scalars"].items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+# ----------------------------------------------------------------------------------------------- weight average
 
 
 class WeightAverage:
@@ -459,104 +272,6 @@ class WeightAverage:
 
 def _maybe_applied(average: WeightAverage | None):
     return average.applied() if average is not None else contextlib.nullcontext()
-
-
-def save_state(
-    run_dir: Path,
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    order,
-    step: int,
-    extra: dict,
-    average: WeightAverage | None = None,
-    task: Task | None = None,
-) -> None:
-    """Everything needed to continue bit-identically, in one file (so it can never mix two steps)."""
-    import json
-
-    opt_tensors, opt_meta = optimizer_tensors(opt)
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update(opt_tensors)
-    if average is not None:
-        tensors.update(average.state_tensors())
-    task_tensors, task_meta = task.extra_state() if task is not None else ({}, {})
-    tensors.update({f"task.{k}": v for k, v in task_tensors.items()})
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    meta = {"step": step, "order": order.state_dict(), "optimizer": opt_meta, "task": task_meta, **extra}
-    ckpt.save_tensors(run_dir / ckpt.STATE, tensors, {"state": json.dumps(meta)})
-
-
-def load_state(
-    run_dir: Path,
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    order,
-    average: WeightAverage | None = None,
-    task: Task | None = None,
-) -> dict:
-    import json
-
-    path = ckpt.run_file(run_dir, ckpt.STATE)
-    entries, metadata = ckpt.read_header(path)
-    expected = {f"model.{k}": v for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in entries]
-    if missing or "state" not in metadata:
-        raise VQGenError(f"'{path}' does not belong to this model; start again with --force")
-    for name, ref in expected.items():  # from the header, before any tensor is read
-        if entries[name][1] != tuple(ref.shape):
-            raise VQGenError(f"'{path}': '{name}' has the wrong shape; start again with --force")
-    try:
-        meta = json.loads(metadata["state"])
-    except (ValueError, RecursionError) as e:
-        raise VQGenError(f"'{path}' has damaged metadata ({str(e)[:100]}); start again with --force") from e
-    _check_state_meta(meta, entries, path)
-    tensors = ckpt.load_tensors(path)
-    model.load_state_dict({k[len("model.") :]: tensors[k] for k in expected})
-    try:
-        load_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
-        torch.set_rng_state(tensors["rng.torch"])
-        if "rng.cuda" in tensors and torch.cuda.is_available():
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
-        order.load_state_dict(meta["order"])
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-        raise VQGenError(f"'{path}' holds a damaged training state ({str(e)[:100]}); start again with --force") from e
-    if average is not None:
-        average.load_state_tensors(tensors, path)
-    if task is not None:
-        task_tensors = {k[len("task.") :]: v for k, v in tensors.items() if k.startswith("task.")}
-        task.load_extra_state(task_tensors, meta.get("task", {}))
-    return meta
-
-
-def _check_state_meta(meta: object, entries: dict, path: Path) -> None:
-    """What --resume needs from a state file, checked before it is used: a resume from less is not bit-identical."""
-
-    def damaged(what: str) -> VQGenError:
-        return VQGenError(f"'{path}' {what}; the saved state is damaged: start again with --force")
-
-    if not isinstance(meta, dict):
-        raise damaged("has metadata that is not a JSON object")
-    step = meta.get("step")
-    if not _is_int(step) or not 0 <= step <= MAX_STEPS:
-        raise damaged(f"records no valid step ({_short(step)})")
-    for key in ("order", "optimizer"):
-        if not isinstance(meta.get(key), dict):
-            raise damaged(f"lacks its '{key}' record")
-    if not isinstance(meta["optimizer"].get("scalars"), dict) or not isinstance(
-        meta["optimizer"].get("param_groups"), list
-    ):
-        raise damaged("has a damaged optimizer record")
-    if "rng.torch" not in entries:
-        raise damaged("lacks its random number generator state")
-    names = meta["optimizer"].get("tensors")  # absent from state files written before it was recorded
-    if step > 0 and not any(name.startswith("optim.") for name in entries):
-        raise damaged("holds no optimizer state")
-    if isinstance(names, list):
-        missing = [n for n in names if n not in entries]
-        if missing:
-            raise damaged(f"lacks {len(missing)} optimizer tensor(s), e.g. '{missing[0]}'")
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -724,7 +439,7 @@ def fit(
 
     def check_losses(count: int, done: int) -> list[float]:
         """The last `count` step losses, averaged over ranks so that all agree on a NaN; raises on a non-finite one."""
-        values = _mean_over_ranks(losses[:count], dist_info.world_size).tolist()
+        values = mean_over_ranks(losses[:count], dist_info.world_size).tolist()
         bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
         if bad is not None:
             raise diverged(f"the loss became {values[bad]}", done - count + bad + 1)
@@ -738,7 +453,7 @@ def fit(
         if average is not None:
             tensors |= average.state_tensors()
         bad = ckpt.first_non_finite(tensors)
-        if _any_rank(bad is not None, dist_info.world_size):
+        if any_rank(bad is not None, dist_info.world_size):
             raise diverged(f"the weights became non-finite ('{bad or 'on another rank'}')", step)
 
     def checkpoint(step: int) -> None:
@@ -797,7 +512,7 @@ def fit(
             if window_steps == window or done == total:
                 # the one sync per window; the loss is averaged over ranks so that all agree on a NaN
                 values = check_losses(window_steps, done)
-                sums = {k: _mean_over_ranks(v, dist_info.world_size) for k, v in sums.items()}
+                sums = {k: mean_over_ranks(v, dist_info.world_size) for k, v in sums.items()}
                 elapsed = time.perf_counter() - window_start
                 rate = window_steps * cfg.batch_size * task.examples_per_row / max(elapsed, 1e-9)
                 metrics = {"loss": sum(values) / len(values), **task.window_metrics(sums, window_steps)}
@@ -819,7 +534,7 @@ def fit(
             if cfg.eval_every and done % cfg.eval_every == 0 and done != total:
                 check_finite(done)  # no preview nor metrics line from a diverged model
                 _evaluate(task, model, run_dir, done, final=False, main=main, average=average)
-            caught = _agreed_signal(signals.caught, dist_info.world_size)
+            caught = agreed_signal(signals.caught, dist_info.world_size)
             if caught is not None:
                 checkpoint(done)
                 name = signal.Signals(caught).name
@@ -861,28 +576,6 @@ def _budget_steps(
         config["budget"] = {"minutes": budget / 60, "step_seconds": step_seconds, "steps": total}
         ckpt.save_json(run_dir / ckpt.CONFIG, config)
     return total
-
-
-def _mean_over_ranks(t: torch.Tensor, world: int) -> torch.Tensor:
-    return all_reduce_sum(t.clone()) / world if world > 1 else t
-
-
-def _any_rank(flag: bool, world: int) -> bool:
-    """Whether `flag` holds on any rank (through the gloo control group: no GPU sync)."""
-    if world == 1:
-        return flag
-    t = torch.tensor([float(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_CONTROL_GROUP)
-    return bool(t.item())
-
-
-def _agreed_signal(caught: int | None, world: int) -> int | None:
-    """The signal any rank caught, agreed on by all in the same step, so that all stop together (or none)."""
-    if world == 1:
-        return caught
-    flag = torch.tensor([caught or 0])  # on the CPU, through the gloo control group: no GPU sync per step
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=_CONTROL_GROUP)
-    return int(flag) or None
 
 
 def _evaluate(

@@ -12,6 +12,7 @@ import torch.nn as nn
 from vqgen import checkpoint as ckpt
 from vqgen.codes import CodesFile, load_codes
 from vqgen.data import iterate_batches
+from vqgen.distributed import on_main, owns_process_group
 from vqgen.errors import VQGenError
 from vqgen.presets import Preset, preset_for
 from vqgen.priors import Prior, PriorConfig, build_prior
@@ -19,8 +20,6 @@ from vqgen.train import (
     Task,
     TrainConfig,
     fit,
-    on_main,
-    owns_process_group,
     resumed_config,
     seed_everything,
     setup_device,

@@ -92,6 +92,7 @@ def main() -> None:
             "ae_steps": train["steps"],
             "adversarial": adversarial.get("weight", 0.0),
             "prior_steps": prior_config["train"]["steps"],
+            "prior_batch_size": prior_config["train"]["batch_size"],
             "prior_class_conditional": classes > 0,
             "guidance": prior_config.get("sampling", {}).get("guidance"),
         },

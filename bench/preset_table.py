@@ -20,12 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 
 try:
-    from vqgen.presets import PRESETS, Preset
+    from vqgen.presets import LISTED, adversarial_text, listed_preset, stage_one_text, stage_two_text
 except ImportError:  # run from a checkout without `pip install -e .`
     import sys
 
     sys.path.insert(0, str(REPO))
-    from vqgen.presets import PRESETS, Preset
+    from vqgen.presets import LISTED, adversarial_text, listed_preset, stage_one_text, stage_two_text
 
 
 @dataclass
@@ -136,16 +136,41 @@ def from_factorised(name: str, arm: str) -> Measured:
     )
 
 
-# Which JSON measured which preset. Each is checked against the preset before its figures are shown.
-ROWS = [
-    ("shapes (built in)", "shapes", lambda: from_datasets("dataset-shapes")),
-    ("MNIST", "mnist", lambda: from_datasets("dataset-mnist")),
-    ("Fashion-MNIST; folders and array files up to 32 px", None, lambda: from_datasets("dataset-fashion-mnist")),
-    ("CIFAR-10", "cifar10", lambda: from_natural("natural-cifar10-k2048")),
-]
+def from_folders(name: str) -> Measured:
+    """A bench/folders.py result: a folder through the four commands with no flag but --data."""
+    data = _load(name)
+    fig = data["figures"]
+    chosen = fig["chosen"]
+    return Measured(
+        source=f"bench/results/{name}.json",
+        settings={
+            "codebook_size": chosen["codebook_size"],
+            "ae_steps": chosen["ae_steps"],
+            "ae_adversarial": chosen["adversarial"],
+            "prior_steps": chosen["prior_steps"],
+            "prior_batch_size": chosen["prior_batch_size"],
+            "guidance": chosen["guidance"],
+        },
+        psnr=fig["psnr"],
+        recon_fid=fig["fid_recon_vs_test"],
+        samples_fid=fig["fid_samples_vs_test"],
+        class_accuracy=fig.get("class_accuracy"),
+        seconds=(fig["ae_seconds"], fig["prior_seconds"]),
+        machine=_machine(data),
+    )
 
 
-def matches(preset: Preset, m: Measured) -> tuple[bool, bool]:
+# Which JSON measured which preset (keys of vqgen.presets.LISTED). Each is checked against the preset first.
+MEASURED = {
+    "shapes": lambda: from_datasets("dataset-shapes"),
+    "mnist": lambda: from_datasets("dataset-mnist"),
+    "plain": lambda: from_datasets("dataset-fashion-mnist"),
+    "cifar10": lambda: from_natural("natural-cifar10-k2048"),
+    "large": lambda: from_folders("folder-tinyimagenet20"),
+}
+
+
+def matches(preset, m: Measured) -> tuple[bool, bool]:
     """(stage one matches, stage two matches): the JSON's recorded settings against the preset's."""
     s = m.settings
     one = s["codebook_size"] == preset.codebook_size and s["ae_steps"] == preset.ae_steps
@@ -167,29 +192,6 @@ def _minutes(seconds: float) -> str:
     return f"{m} min {s} s" if m else f"{s} s"
 
 
-def _stage_one(p: Preset) -> str:
-    codes = f"{p.ae_quantizer} {','.join(map(str, p.fsq_levels))}" if p.ae_quantizer == "fsq" else p.ae_quantizer
-    factors = f" as {'×'.join(map(str, p.code_factors))}" if p.code_factors else ""
-    text = f"{codes}, K = {p.codebook_size:,}{factors}, {p.ae_steps:,} steps of {p.ae_batch_size}"
-    if p.ae_ema_weights:
-        text += f", weight average {p.ae_ema_weights}"
-    return text
-
-
-def _adversarial(p: Preset) -> str:
-    if not p.ae_adversarial:
-        return "off"
-    return f"{p.ae_adversarial} from step {p.ae_adversarial_start:,}, feature matching {p.ae_feature_matching}"
-
-
-def _stage_two(p: Preset) -> str:
-    text = f"Transformer {p.transformer_layers} × {p.transformer_width}, "
-    text += f"{p.prior_steps:,} steps of {p.prior_batch_size}"
-    if p.prior_ema_weights:
-        text += f", weight average {p.prior_ema_weights}"
-    return text
-
-
 def table() -> str:
     head = (
         "| data set | stage one | adversarial | stage two | guidance | held-out PSNR | reconstructions' distance "
@@ -197,22 +199,25 @@ def table() -> str:
     )
     lines = [head, "| " + " | ".join(["---"] * 11) + " |"]
     na = "not measured"
-    for label, key, load in ROWS:
-        preset = PRESETS[key] if key else Preset()
-        m = load()
-        one, two = matches(preset, m)
+    for key, label in LISTED.items():
+        preset = listed_preset(key)
+        try:
+            m = MEASURED[key]()
+        except FileNotFoundError:  # no run of this preset yet
+            m = None
+        one, two = matches(preset, m) if m is not None else (False, False)
         cells = [
             label,
-            _stage_one(preset),
-            _adversarial(preset),
-            _stage_two(preset),
+            stage_one_text(preset),
+            adversarial_text(preset),
+            stage_two_text(preset),
             str(preset.prior_guidance) if preset.prior_guidance else "none",
             f"{m.psnr:.2f} dB" if one else na,
             f"{m.recon_fid:.2f}" if one else na,
             f"{m.samples_fid:.2f}" if two and m.samples_fid is not None else na,
             f"{100 * m.class_accuracy:.1f}%" if two and m.class_accuracy is not None else na,
             f"{_minutes(m.seconds[0])} + {_minutes(m.seconds[1])}" if two and m.seconds else na,
-            f"{m.machine}: [{Path(m.source).name}]({m.source})" if one else "",
+            f"{m.machine}: [{Path(m.source).name}]({m.source})" if m is not None and one else "",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -101,3 +101,60 @@ def test_commands_that_read_a_run_say_when_its_folder_changed(in_tmp):
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(in_tmp / "imgs" / f"{i:03d}.png")
     noted = run_cli("encode")
     assert noted.code == 0 and "changed since the autoencoder was trained" in noted.err
+
+
+def test_presets_command_lists_every_preset_and_help_takes_its_numbers_from_them():
+    from vqgen.presets import LISTED, defaults_text, listed_preset, stage_one_text
+
+    result = run_cli("presets")
+    assert result.code == 0, result.err
+    flat = " ".join(result.out.split())
+    for key in LISTED:
+        assert stage_one_text(listed_preset(key)).split(",")[0] in flat
+    help_text = " ".join(run_cli("train-ae", "--help").out.split()).replace("│ ", "").replace(" │", "")
+    assert str(PRESETS["mnist"].codebook_size) in defaults_text("codebook_size")
+    assert defaults_text("codebook_size").split(" (")[0] in help_text
+
+
+def test_a_folder_of_odd_files_converts_what_it_can_skips_the_rest_and_keeps_its_class_names(in_tmp):
+    rng = np.random.default_rng(2)
+    for label in ("cats", "dogs"):
+        (in_tmp / "photos" / label).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(in_tmp / f"photos/{label}/{i}.png")
+    Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(in_tmp / "photos/cats/grey.png")
+    Image.fromarray(rng.integers(0, 256, (16, 16, 4), dtype=np.uint8), "CMYK").save(in_tmp / "photos/cats/cmyk.jpg")
+    Image.fromarray(rng.integers(0, 256, (16, 16, 4), dtype=np.uint8), "RGBA").save(in_tmp / "photos/dogs/alpha.png")
+    whole = (in_tmp / "photos/dogs/0.png").read_bytes()
+    (in_tmp / "photos/dogs/truncated.png").write_bytes(whole[: len(whole) // 2])
+    (in_tmp / "photos/dogs/notes.jpg").write_text("not an image")
+    small = ("--hidden", "16", "--embed-dim", "8", "--batch-size", "4", "--steps", "2", "--codebook-size", "16")
+    result = run_cli("train-ae", "--data", "photos", *small)
+    assert result.code == 0, result.err
+    assert "skipped 2 unreadable" in " ".join(result.out.split())  # the truncated file and the text named .jpg
+    config = json.loads((in_tmp / "runs/ae/config.json").read_text())
+    data = config["dataset"]
+    assert data["train_size"] + data["test_size"] == 19 and config["model"]["channels"] == 3  # 16 + 3 converted
+    assert run_cli("encode").code == 0
+    tiny_prior = ("--layers", "1", "--width", "16", "--steps", "2", "--batch-size", "4")
+    assert run_cli("train-prior", *tiny_prior).code == 0
+    result = run_cli("sample", "--n", "4", "--class", "dogs", "--save-codes")
+    assert result.code == 0, result.err
+    from vqgen import checkpoint as ckpt
+
+    assert ckpt.load_tensors(in_tmp / "samples/codes.safetensors")["labels"].tolist() == [1, 1, 1, 1]
+    bad = run_cli("sample", "--n", "4", "--class", "birds")
+    assert bad.code != 0 and "cats, dogs" in bad.err and "Traceback" not in bad.err
+
+
+def test_a_grid_of_one_class_per_row_is_labelled_with_the_class_names():
+    from types import SimpleNamespace
+
+    import torch
+
+    from vqgen.sample import row_names
+
+    pipe = SimpleNamespace(class_names=["cats", "dogs"], num_classes=2)
+    assert row_names(pipe, torch.tensor([0, 0, 1, 1]), 2) == ["cats", "dogs"]
+    assert row_names(pipe, torch.tensor([0, 1, 1, 0]), 2) is None  # mixed rows: no labels
+    assert row_names(SimpleNamespace(class_names=None, num_classes=2), torch.tensor([1, 1]), 2) == ["1"]

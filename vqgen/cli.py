@@ -15,6 +15,8 @@ from typing import Annotated
 
 import typer
 
+from vqgen.presets import defaults_text
+
 app = typer.Typer(
     name="vqgen",
     help=(
@@ -73,9 +75,8 @@ StepsOpt = Annotated[
     int | None,
     typer.Option(
         "--steps",
-        help="Optimizer steps to train (default: the data set's preset: 3000 for train-ae, 3600 for train-prior, "
-        "about ten minutes each on a 2-core CPU; train-ae 9000 on MNIST and 5600 on CIFAR-10; 1200 each on the "
-        "built-in shapes, sized for a 5-minute demo).",
+        help="Optimizer steps to train. Default: the data set's preset (`vqgen presets`): train-ae "
+        f"{defaults_text('ae_steps')}; train-prior {defaults_text('prior_steps')}.",
         show_default=False,
     ),
 ]
@@ -234,7 +235,7 @@ def train_ae(
             "--quantizer",
             help="ema (EMA codebook), vq (codebook + commitment loss), simvq "
             "(frozen random Q times learned W), simvq-diag (diagonal W) or fsq (finite scalar). "
-            "Default: the data set's preset (ema).",
+            f"Default: the data set's preset ({defaults_text('ae_quantizer')}).",
             show_default=False,
         ),
     ] = None,
@@ -242,8 +243,8 @@ def train_ae(
         int | None,
         typer.Option(
             "--codebook-size",
-            help="K, the number of codes (ignored by fsq). Default: the data set's preset (512; 1024 on MNIST, "
-            "2048 on CIFAR-10, 64 on the built-in shapes).",
+            help="K, the number of codes (ignored by fsq). Default: the data set's preset: "
+            f"{defaults_text('codebook_size')}.",
             show_default=False,
         ),
     ] = None,
@@ -251,7 +252,9 @@ def train_ae(
     hidden: Annotated[
         int | None,
         typer.Option(
-            "--hidden", help="Channels of the encoder/decoder (default 128, 64 on shapes).", show_default=False
+            "--hidden",
+            help=f"Channels of the encoder/decoder. Default: the preset's, {defaults_text('ae_hidden')}.",
+            show_default=False,
         ),
     ] = None,
     res_blocks: Annotated[int, typer.Option("--res-blocks", help="Residual blocks in encoder and decoder.")] = 2,
@@ -259,8 +262,8 @@ def train_ae(
         int | None,
         typer.Option(
             "--downsample",
-            help="n/m: 2, 4, 8 or 16 (an n×n image → m×m codes). Default: the preset's, 4 up to 32-pixel images; "
-            "larger images of a folder or array file keep an 8×8 grid (8 at 64 pixels).",
+            help="n/m: 2, 4, 8 or 16 (an n×n image → m×m codes). Default: the preset's, "
+            f"{defaults_text('ae_downsample')}: images over 32 pixels of a folder or array file keep an 8×8 grid.",
             show_default=False,
         ),
     ] = None,
@@ -313,7 +316,8 @@ def train_ae(
         str | None,
         typer.Option(
             "--fsq-levels",
-            help="Levels per FSQ dimension, e.g. 8,8,8 (K = their product). Default: the preset's (8,8,8).",
+            help="Levels per FSQ dimension, e.g. 8,8,8 (K = their product). Default: the preset's "
+            f"({defaults_text('fsq_levels')}).",
             show_default=False,
         ),
     ] = None,
@@ -347,8 +351,8 @@ def train_ae(
         typer.Option(
             "--adversarial",
             help="Weight of a VQGAN-style adversarial term (PatchGAN discriminator, hinge loss, weighted adaptively "
-            "against the reconstruction loss at the decoder's last layer); 0: off. Default: the data set's preset "
-            "(0.2 from step 1600 with --feature-matching 0.1 on CIFAR-10), else 0.",
+            "against the reconstruction loss at the decoder's last layer); 0: off. Default: the data set's preset, "
+            f"{defaults_text('ae_adversarial')}, with its --adversarial-start and --feature-matching.",
             show_default=False,
         ),
     ] = None,
@@ -896,6 +900,29 @@ def eval_cmd(
     console = _console()
     report, path = evaluate_run(ae, prior, data, data_root, opts, device, ignore_hash, console, out, bottom_prior)
     _print_table(f"{path} ({report['data']['name']}, {report['seconds']:.0f} s)", report_rows(report), console)
+
+
+@app.command()
+def presets() -> None:
+    """Print the defaults of each data set (vqgen/presets.py); a flag always wins over them.
+
+    A folder or array file whose name starts with a data set's name takes that set's preset; other data take the
+    plain recipe up to 32 pixels and the size rule's above (an 8×8 grid of codes). Measured figures for each:
+    the README's table of presets and docs/results.md.
+    """
+    from rich.table import Table
+
+    from vqgen.presets import LISTED, adversarial_text, listed_preset, stage_one_text, stage_two_text
+
+    table = Table(title="presets (vqgen/presets.py)", show_header=True, header_style="bold")
+    for column in ("data", "stage one", "codes", "adversarial", "stage two", "guidance"):
+        table.add_column(column)
+    for key, label in LISTED.items():
+        p = listed_preset(key)
+        grid = f"downsample {p.ae_downsample}, width {p.ae_hidden}"
+        guidance = "none" if p.prior_guidance is None else f"{p.prior_guidance:g}"
+        table.add_row(label, stage_one_text(p), grid, adversarial_text(p), stage_two_text(p), guidance)
+    _console().print(table)
 
 
 @app.command()

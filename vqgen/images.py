@@ -24,22 +24,46 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, fill:
     return grid
 
 
-def save_image(image: torch.Tensor, path: str | Path, scale: int = 1) -> Path:
-    """Write one (C, H, W) uint8 image (C = 1 or 3) as PNG, enlarged `scale` times with nearest neighbours."""
-    from PIL import Image
+def save_image(
+    image: torch.Tensor, path: str | Path, scale: int = 1, row_labels: list[tuple[int, str]] | None = None
+) -> Path:
+    """Write one (C, H, W) uint8 image (C = 1 or 3) as PNG, enlarged `scale` times with nearest neighbours;
+    `row_labels` (y of a row's centre in the unscaled image, text) are written in a white margin on the left."""
+    from PIL import Image, ImageDraw, ImageFont
 
     array = image.permute(1, 2, 0).cpu().numpy()
     pil = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array, mode="L" if array.shape[2] == 1 else "RGB")
     if scale > 1:
         pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    if row_labels:
+        font = ImageFont.load_default()
+        widths = [ImageDraw.Draw(pil).textlength(text, font=font) for _, text in row_labels]
+        margin = int(max(widths)) + 8
+        labelled = Image.new(pil.mode, (pil.width + margin, pil.height), 255 if pil.mode == "L" else (255, 255, 255))
+        labelled.paste(pil, (margin, 0))
+        draw = ImageDraw.Draw(labelled)
+        for (y, text), width in zip(row_labels, widths, strict=True):
+            draw.text((margin - 4 - width, y * scale), text, fill=0, font=font, anchor="lm")
+        pil = labelled
     path = Path(path)
     with atomic_path(path) as tmp:
         pil.save(tmp, format="PNG")
     return path
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1) -> Path:
-    return save_image(make_grid(images, nrow), path, scale)
+def save_grid(
+    images: torch.Tensor,
+    path: str | Path,
+    nrow: int | None = None,
+    scale: int = 1,
+    row_names: list[str] | None = None,
+    pad: int = 2,
+) -> Path:
+    """A grid of (N, C, H, W) uint8 images with `nrow` per row as PNG; `row_names` label the rows on the left."""
+    n, _, h, _ = images.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    labels = [(pad + r * (h + pad) + h // 2, name) for r, name in enumerate(row_names or [])]
+    return save_image(make_grid(images, nrow, pad), path, scale, labels or None)
 
 
 def load_image(path: str | Path, channels: int, size: int) -> torch.Tensor:

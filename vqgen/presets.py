@@ -135,3 +135,60 @@ def sized_preset(image_size: int) -> Preset:
         ae_feature_matching=0.0,
         prior_steps=LARGE_IMAGE_PRIOR_STEPS,
     )
+
+
+# ----------------------------------------------------------------------------------------------- described in words
+
+# What `vqgen presets` and the README's table list: the named presets and the size rule's two recipes.
+LISTED = {
+    "shapes": "shapes (built in)",
+    "mnist": "MNIST",
+    "plain": "Fashion-MNIST; folders and array files up to 32 px",
+    "cifar10": "CIFAR-10",
+    "large": "folders and array files above 32 px (64 px shown)",
+}
+
+
+def listed_preset(key: str) -> Preset:
+    """The preset of a LISTED key: a named one, the plain recipe, or the size rule's at 64 pixels."""
+    return Preset() if key == "plain" else sized_preset(64) if key == "large" else PRESETS[key]
+
+
+def stage_one_text(p: Preset) -> str:
+    codes = f"{p.ae_quantizer} {','.join(map(str, p.fsq_levels))}" if p.ae_quantizer == "fsq" else p.ae_quantizer
+    factors = f" as {'×'.join(map(str, p.code_factors))}" if p.code_factors else ""
+    text = f"{codes}, K = {p.codebook_size:,}{factors}, {p.ae_steps:,} steps of {p.ae_batch_size}"
+    return text + (f", weight average {p.ae_ema_weights}" if p.ae_ema_weights else "")
+
+
+def adversarial_text(p: Preset) -> str:
+    if not p.ae_adversarial:
+        return "off"
+    return f"{p.ae_adversarial} from step {p.ae_adversarial_start:,}, feature matching {p.ae_feature_matching}"
+
+
+def stage_two_text(p: Preset) -> str:
+    text = (
+        f"Transformer {p.transformer_layers} × {p.transformer_width}, {p.prior_steps:,} steps of {p.prior_batch_size}"
+    )
+    return text + (f", weight average {p.prior_ema_weights}" if p.prior_ema_weights else "")
+
+
+def defaults_text(field: str) -> str:
+    """The plain recipe's value of a Preset field and the presets that differ from it, for --help texts: e.g.
+    '512 (mnist 1024, cifar10 2048, shapes 64)'."""
+
+    def shown(value: object) -> str:
+        return (
+            ",".join(map(str, value))
+            if isinstance(value, tuple)
+            else f"{value:g}"
+            if isinstance(value, float)
+            else str(value)
+        )
+
+    base = getattr(Preset(), field)
+    others = [f"{name} {shown(getattr(p, field))}" for name, p in PRESETS.items() if getattr(p, field) != base]
+    if getattr(sized_preset(64), field) != base:
+        others.append(f"64 px folders {shown(getattr(sized_preset(64), field))}")
+    return shown(base) + (f" ({', '.join(others)})" if others else "")

@@ -365,6 +365,17 @@ def resolve_classes(
     return torch.tensor(ids)[torch.arange(n) % len(ids)], None
 
 
+def row_names(pipe: Pipeline, labels: torch.Tensor | None, per_row: int | None) -> list[str] | None:
+    """The class name of each row of a grid whose rows are one class each (class indices where unnamed), else None."""
+    if labels is None or not per_row:
+        return None
+    rows = labels.split(per_row)  # each (per_row,) or fewer, the last row
+    if not all(bool((row == row[0]).all()) for row in rows):
+        return None
+    names = pipe.class_names or [str(c) for c in range(pipe.num_classes)]
+    return [names[int(row[0])] for row in rows]
+
+
 MAX_GRID_ASPECT = 9  # rows/columns (or columns/rows) beyond which whole rows per class give way to a square grid
 
 
@@ -531,7 +542,7 @@ def sample(
     t2 = time.perf_counter()
     digits = max(3, len(str(n - 1)))
     files = [save_image(img, out / f"{i:0{digits}d}.png") for i, img in enumerate(images)]
-    grid = save_grid(images, out / "grid.png", nrow=per_row, scale=2)
+    grid = save_grid(images, out / "grid.png", nrow=per_row, scale=2, row_names=row_names(pipe, labels, per_row))
     codes_path = None
     if save_codes:
         codes_path = out / "codes.safetensors"

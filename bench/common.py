@@ -118,6 +118,12 @@ def vqgen(*args: str, env: dict | None = None) -> tuple[float, str]:
     return seconds, proc.stdout
 
 
+def frechet(section: dict, name: str, default: float | None = None) -> float | None:
+    """The Fréchet distance `name` ('samples_vs_test', 'recon_vs_test', 'train_vs_test') of an eval.json section:
+    `frechet_NAME`, or `fid_NAME` in reports written before the keys were renamed."""
+    return section.get(f"frechet_{name}", section.get(f"fid_{name}", default))
+
+
 def last_metrics(run: Path, split: str) -> dict:
     """The last metrics.jsonl record of a split; {} when there is none (yet)."""
     path = run / "metrics.jsonl"

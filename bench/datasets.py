@@ -21,7 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
-from common import REPO, SHARED, command_line, last_metrics, vqgen, write_result
+from common import REPO, SHARED, command_line, frechet, last_metrics, vqgen, write_result
 from sampling import timed_sample
 
 
@@ -82,7 +82,7 @@ def main() -> None:
     report = json.loads(evaluated.read_text())
     # samples drawn without naming a class: labels from the training frequencies, at the prior's default guidance
     uncond_flags, unconditional = [], {}
-    if report["runs"]["prior"]["class_conditional"] and "fid_samples_vs_test" in report["samples"]:
+    if report["runs"]["prior"]["class_conditional"] and frechet(report["samples"], "samples_vs_test") is not None:
         uncond_out = prior / "eval-unconditional.json"
         uncond_flags = [
             "eval",
@@ -134,13 +134,13 @@ def main() -> None:
         "bits_per_image": round(nll["bits_per_image"], 1),
         "unigram_bits_per_image": round(nll["unigram_bits_per_image"], 1),
         "samples": smp["n"],
-        "fid_samples": round(smp.get("fid_samples_vs_test", float("nan")), 2),
-        "fid_recon_floor": round(smp.get("fid_recon_vs_test", float("nan")), 2),
-        "fid_train_vs_test": round(smp.get("fid_train_vs_test", float("nan")), 2),
+        "fid_samples": round(frechet(smp, "samples_vs_test", float("nan")), 2),
+        "fid_recon_floor": round(frechet(smp, "recon_vs_test", float("nan")), 2),
+        "fid_train_vs_test": round(frechet(smp, "train_vs_test", float("nan")), 2),
         "guidance": smp.get("guidance"),
         "class_accuracy": smp.get("class_accuracy"),
         "worst_class_accuracy": smp.get("worst_class_accuracy"),
-        "fid_unconditional": round(unconditional["fid_samples_vs_test"], 2) if unconditional else None,
+        "fid_unconditional": round(frechet(unconditional, "samples_vs_test"), 2) if unconditional else None,
         "recon_class_accuracy": smp.get("recon_class_accuracy"),
         "classifier_test_accuracy": report.get("classifier", {}).get("accuracy"),
         "distinct_fraction": smp["distinct_fraction"],

@@ -23,7 +23,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from common import REPO, SHARED, command_line, vqgen, write_result
+from common import REPO, SHARED, command_line, frechet, vqgen, write_result
 
 CIFAR = SHARED / "CIFAR10" / "cifar10-train-40k.npz"
 ADVERSARIAL = ["--adversarial", "0.2", "--adversarial-start", "1600", "--feature-matching", "0.3"]
@@ -97,16 +97,16 @@ def arm_row(arm: str, args) -> dict:
         "psnr": round(rec["psnr"], 2),
         "codes_used": round(rec["codes_used"], 4),
         # eval of a prior reports the reconstruction floor and the class kept beside its samples
-        "fid_recon_vs_test": round(s["fid_recon_vs_test"], 3),
+        "fid_recon_vs_test": round(frechet(s, "recon_vs_test"), 3),
         "recon_class_accuracy": s["recon_class_accuracy"],
         "class_kept": round(s["recon_class_accuracy"] / report["classifier"]["accuracy"], 4),
         "prior_steps": prior_config["train"]["steps"],
         "prior_seconds": run_seconds(prior),
         "prior_factors": prior_config["model"]["factors"],
         "bits_per_code": round(lik["bits_per_code"], 4),
-        "fid_samples_vs_test": round(s["fid_samples_vs_test"], 3),
-        "fid_ratio_to_floor": round(s["fid_samples_vs_test"] / s["fid_recon_vs_test"], 3),
-        "fid_noise": round(s["fid_train_vs_test"], 3),
+        "fid_samples_vs_test": round(frechet(s, "samples_vs_test"), 3),
+        "fid_ratio_to_floor": round(frechet(s, "samples_vs_test") / frechet(s, "recon_vs_test"), 3),
+        "fid_noise": round(frechet(s, "train_vs_test"), 3),
         "class_accuracy": s.get("class_accuracy"),
         "worst_class_accuracy": s.get("worst_class_accuracy"),
         "per_class_accuracy": s.get("per_class_accuracy"),

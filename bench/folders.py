@@ -20,7 +20,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from common import REPO, command_line, vqgen, write_result
+from common import REPO, command_line, frechet, vqgen, write_result
 
 
 def done(path: Path, after: Path | None = None) -> bool:
@@ -104,9 +104,9 @@ def main() -> None:
         "bits_per_code": round(lik["bits_per_code"], 4),
         "features": s.get("features"),
         "classifier": {k: clf.get(k) for k in ("data", "accuracy", "n", "train_steps", "train_seconds", "cached")},
-        "fid_recon_vs_test": s.get("fid_recon_vs_test"),
-        "fid_samples_vs_test": s.get("fid_samples_vs_test"),
-        "fid_train_vs_test": s.get("fid_train_vs_test"),
+        "fid_recon_vs_test": frechet(s, "recon_vs_test"),
+        "fid_samples_vs_test": frechet(s, "samples_vs_test"),
+        "fid_train_vs_test": frechet(s, "train_vs_test"),
         "n_test": s.get("n_test"),
         "n_samples": s["n"],
     }

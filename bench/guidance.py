@@ -17,7 +17,7 @@ import os
 import shlex
 from pathlib import Path
 
-from common import REPO, SHARED, vqgen, write_result
+from common import REPO, SHARED, frechet, vqgen, write_result
 
 
 def evaluate(prior: Path, root: list[str], n: int, out: Path, *extra: str) -> tuple[dict, str]:
@@ -31,9 +31,9 @@ def row(report: dict) -> dict:
     return {
         "guidance": s["guidance"],
         "labels": s["labels"],
-        "fid": round(s["fid_samples_vs_test"], 3),
-        "fid_recon_floor": round(s["fid_recon_vs_test"], 3),
-        "fid_train_vs_test": round(s["fid_train_vs_test"], 3),
+        "fid": round(frechet(s, "samples_vs_test"), 3),
+        "fid_recon_floor": round(frechet(s, "recon_vs_test"), 3),
+        "fid_train_vs_test": round(frechet(s, "train_vs_test"), 3),
         "class_accuracy": s.get("class_accuracy"),
         "worst_class_accuracy": s.get("worst_class_accuracy"),
         "recon_class_accuracy": s["recon_class_accuracy"],

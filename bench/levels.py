@@ -23,7 +23,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from common import REPO, SHARED, command_line, vqgen, write_result
+from common import REPO, SHARED, command_line, frechet, vqgen, write_result
 
 CIFAR = SHARED / "CIFAR10" / "cifar10-train-40k.npz"
 
@@ -85,10 +85,10 @@ def main() -> None:
             "ssim": round(rec["ssim"], 4),
             "perplexity": round(rec["perplexity"], 1),
             "perplexity_top": round(rec["perplexity_top"], 1) if "perplexity_top" in rec else None,
-            "fid_recon_vs_test": round(s["fid_recon_vs_test"], 3),
-            "fid_train_vs_test": round(s["fid_train_vs_test"], 3),
+            "fid_recon_vs_test": round(frechet(s, "recon_vs_test"), 3),
+            "fid_train_vs_test": round(frechet(s, "train_vs_test"), 3),
             "bits_per_image": round(nll["bits_per_image"], 1),
-            "fid_samples_vs_test": round(s["fid_samples_vs_test"], 3),
+            "fid_samples_vs_test": round(frechet(s, "samples_vs_test"), 3),
             "class_accuracy": s.get("class_accuracy"),
             "recon_class_accuracy": s.get("recon_class_accuracy"),
             "classifier_accuracy": report["classifier"]["accuracy"],

@@ -27,7 +27,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from common import REPO, SHARED, command_line, vqgen, write_result
+from common import REPO, SHARED, command_line, frechet, vqgen, write_result
 
 CIFAR = SHARED / "CIFAR10" / "cifar10-train-40k.npz"
 
@@ -90,8 +90,8 @@ def main() -> None:
             "ssim": round(rec["ssim"], 4),
             "codes_used": round(rec["codes_used"], 4),
             "perplexity": round(rec["perplexity"], 1),
-            "fid_recon_vs_test": round(rec["fid_recon_vs_test"], 3),
-            "fid_train_vs_test": round(rec["fid_train_vs_test"], 3),
+            "fid_recon_vs_test": round(frechet(rec, "recon_vs_test"), 3),
+            "fid_train_vs_test": round(frechet(rec, "train_vs_test"), 3),
             "recon_class_accuracy": rec["recon_class_accuracy"],
             "original_class_accuracy": rec["original_class_accuracy"],
             "keep_ratio": round(rec["recon_class_accuracy"] / rec["original_class_accuracy"], 4),
@@ -134,8 +134,8 @@ def prior_row(ae: Path, n: int, reuse: bool, grid: Path, extra: list[str]) -> di
         "train_seconds": round(seconds, 1),
         "bits_per_code": round(test["bits_per_code"], 4),
         "bits_per_image": round(test["bits_per_image"], 1),
-        "fid_samples_vs_test": round(s["fid_samples_vs_test"], 3),
-        "fid_noise": round(s.get("fid_train_vs_test", float("nan")), 3),
+        "fid_samples_vs_test": round(frechet(s, "samples_vs_test"), 3),
+        "fid_noise": round(frechet(s, "train_vs_test", float("nan")), 3),
         "class_accuracy": s.get("class_accuracy"),
         "guidance": s.get("guidance"),
         "commands": ["vqgen " + shlex.join(c) for c in (encode, train, evaluate, sample)],

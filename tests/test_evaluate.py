@@ -207,7 +207,7 @@ def test_eval_autoencoder_only(runs):
     # labelled data: the classifier says whether the reconstructions keep their class and their statistics
     assert report["classifier"]["n"] == 2000 and rec["n_classified"] == 16
     assert 0 <= rec["recon_class_accuracy"] <= 1 and 0 <= rec["original_class_accuracy"] <= 1
-    assert rec["fid_recon_vs_test"] >= 0 and rec["fid_train_vs_test"] >= 0
+    assert rec["frechet_recon_vs_test"] >= 0 and rec["frechet_train_vs_test"] >= 0
     assert "reconstructions keeping their class" in result.out
     assert rec["psnr"] == pytest.approx(metrics.psnr_from_mse(rec["mse"]))
     assert -1 <= rec["ssim"] <= 1 and 0 < rec["codes_used"] <= 1 and 1 <= rec["perplexity"] <= 32
@@ -239,7 +239,7 @@ def test_eval_with_prior_is_complete_and_reproducible(runs, data_root):
     assert s["labels"] == "cycling over 4 classes" and 0 <= s["class_accuracy"] <= 1
     assert 0 <= s["recon_class_accuracy"] <= 1
     assert 0 < s["distinct_fraction"] <= 1 and 0 <= s["train_copy_fraction"] <= 1
-    for key in ("fid_samples_vs_test", "fid_recon_vs_test", "fid_train_vs_test"):
+    for key in ("frechet_samples_vs_test", "frechet_recon_vs_test", "frechet_train_vs_test"):
         assert s[key] >= 0 and math.isfinite(s[key])
     clf = report["classifier"]
     assert clf["split"] == "test" and clf["n"] == 2000 and 0 <= clf["accuracy"] <= 1 and clf["train_steps"] == 5
@@ -266,13 +266,13 @@ def test_unlabelled_data_is_scored_in_another_sets_features(runs, tmp_path):
     args = ("--prior", prior, "--data", unlabelled, "--n", "24", "--out", out)
     result = _eval(*args)  # no labels: no classifier of its own, so no distances
     assert result.code == 0, result.err
-    assert "fid_samples_vs_test" not in json.loads(out.read_text())["samples"]
+    assert "frechet_samples_vs_test" not in json.loads(out.read_text())["samples"]
     result = _eval(*args, "--features-from", "shapes")
     assert result.code == 0, result.err
     report = json.loads(out.read_text())
     s = report["samples"]
     assert report["classifier"]["data"] == "shapes" and "shapes's classifier" in s["features"]
-    assert s["fid_samples_vs_test"] >= 0 and s["fid_recon_vs_test"] >= 0
+    assert s["frechet_samples_vs_test"] >= 0 and s["frechet_recon_vs_test"] >= 0
     assert "class_accuracy" not in s and "recon_class_accuracy" not in s  # the classes are another set's
     bad = _eval(*args, "--features-from", str(unlabelled))
     assert bad.code == 2 and "has no labels" in bad.err and bad.err.count("\n") == 1

@@ -478,8 +478,8 @@ def evaluate_run(
             _, reference = _classifier_reference(report, dataset, dc, dev, opts, progress, recons, n_test)
             report["reconstruction"] |= {
                 "n_classified": n_test,
-                "fid_recon_vs_test": reference["fid_recon_vs_test"],
-                "fid_train_vs_test": reference["fid_train_vs_test"],
+                "frechet_recon_vs_test": reference["frechet_recon_vs_test"],
+                "frechet_train_vs_test": reference["frechet_train_vs_test"],
             }
             if classes_scored:
                 report["reconstruction"] |= {
@@ -580,11 +580,11 @@ def evaluate_run(
                 samples |= {
                     "split": "test",
                     "n_test": n_test,
-                    "fid_samples_vs_test": frechet_distance(sample_feats, reference["test_features"]),
+                    "frechet_samples_vs_test": frechet_distance(sample_feats, reference["test_features"]),
                     # the floor a perfect prior would reach with this autoencoder
-                    "fid_recon_vs_test": reference["fid_recon_vs_test"],
+                    "frechet_recon_vs_test": reference["frechet_recon_vs_test"],
                     # the estimator's own noise at this N: real train images against real held-out ones
-                    "fid_train_vs_test": reference["fid_train_vs_test"],
+                    "frechet_train_vs_test": reference["frechet_train_vs_test"],
                     "features": f"classifier penultimate layer ({clf.head.in_features}-d)"
                     + (f" of {opts.features_from}'s classifier" if opts.features_from is not None else ""),
                 }
@@ -647,8 +647,8 @@ def _classifier_reference(
     train_feats, _ = classifier_outputs(clf, dataset.train.images[:n_test], dev, opts.batch_size)
     reference = {
         "test_features": test_feats,
-        "fid_recon_vs_test": frechet_distance(recon_feats, test_feats),
-        "fid_train_vs_test": frechet_distance(train_feats, test_feats),
+        "frechet_recon_vs_test": frechet_distance(recon_feats, test_feats),
+        "frechet_train_vs_test": frechet_distance(train_feats, test_feats),
     }
     if opts.features_from is None:
         truth = test.labels[:n_test]
@@ -671,10 +671,10 @@ def report_rows(report: dict) -> dict[str, object]:
         if "perplexity_top" in rec:
             rows[f"top grid: codes used ({where})"] = rec["codes_used_top"]
             rows[f"top grid: perplexity ({where})"] = rec["perplexity_top"]
-        if "fid_recon_vs_test" in rec:
+        if "frechet_recon_vs_test" in rec:
             held_out = f"test n={rec['n_classified']}"
-            rows[f"Fréchet distance: reconstructions vs {held_out}"] = rec["fid_recon_vs_test"]
-            rows[f"  noise: train images vs {held_out}"] = rec["fid_train_vs_test"]
+            rows[f"Fréchet distance: reconstructions vs {held_out}"] = rec["frechet_recon_vs_test"]
+            rows[f"  noise: train images vs {held_out}"] = rec["frechet_train_vs_test"]
             if "recon_class_accuracy" in rec:
                 rows[f"reconstructions keeping their class ({held_out})"] = rec["recon_class_accuracy"]
                 rows[f"  originals classified right ({held_out})"] = rec["original_class_accuracy"]
@@ -693,11 +693,11 @@ def report_rows(report: dict) -> dict[str, object]:
         rows[f"classifier accuracy ({whose}{clf['split']}, n={clf['n']})"] = clf["accuracy"]
     s = report.get("samples")
     if s:
-        if "fid_samples_vs_test" in s:
+        if "frechet_samples_vs_test" in s:
             held_out = f"{s['split']} n={s['n_test']}"
-            rows[f"Fréchet distance: samples (n={s['n']}) vs {held_out}"] = s["fid_samples_vs_test"]
-            rows[f"  floor: their reconstructions vs {held_out}"] = s["fid_recon_vs_test"]
-            rows[f"  noise: train images (n={s['n_test']}) vs {held_out}"] = s["fid_train_vs_test"]
+            rows[f"Fréchet distance: samples (n={s['n']}) vs {held_out}"] = s["frechet_samples_vs_test"]
+            rows[f"  floor: their reconstructions vs {held_out}"] = s["frechet_recon_vs_test"]
+            rows[f"  noise: train images (n={s['n_test']}) vs {held_out}"] = s["frechet_train_vs_test"]
         if "class_accuracy" in s:
             rows[f"samples of the asked class (n={s['n']}, guidance {s.get('guidance')})"] = s["class_accuracy"]
             rows["  worst class"] = s["worst_class_accuracy"]

@@ -374,10 +374,8 @@ def reconstruction_pass(
         se_sum += float(image_mse(recon, x).sum())
         ssim_sum += float(ssim(recon, x).sum())
         counts += level_counts(vq).cpu()
-        for level, grid in zip(
-            codes, [vq.top.indices, vq.indices] if vq.top is not None else [vq.indices], strict=True
-        ):
-            level.append(grid.cpu())  # (B, m_l, m_l)
+        for level, grid in zip(codes, model.code_grids(vq), strict=True):
+            level.append(grid.cpu())  # (B, m_l, m_l), numbered as encode numbers them
         if start < keep:
             kept.append(to_uint8(recon[: keep - start]).cpu())
         if progress is not None:

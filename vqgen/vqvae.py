@@ -354,6 +354,11 @@ class VQVAE(nn.Module):
             vq, _ = self._quantize(self.encoder(x))
         finally:
             self.train(was_training)
+        return self.code_grids(vq)
+
+    def code_grids(self, vq: QuantizerOutput) -> list[torch.Tensor]:
+        """The quantizer's output → the code grid of each level, top first, in the numbers that encode gives and
+        decode takes (a renumbered codebook's, not the quantizer's own indices)."""
         grids = [vq.indices] if vq.top is None else [vq.top.indices, vq.indices]
         if not self.cfg.renumbered:
             return grids

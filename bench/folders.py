@@ -32,6 +32,14 @@ def run_seconds(run: Path) -> float:
     return round((run / "metrics.jsonl").stat().st_mtime - (run / "config.json").stat().st_mtime, 1)
 
 
+def median_rate(run: Path, key: str) -> float | None:
+    """The median of a run's logged training rates (img_per_s, code_per_s), skipping the first (warm-up) window:
+    the stage's time on a quiet machine, where the wall time also counts anything else that ran beside it."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rates = sorted([r[key] for r in records if r.get("split") == "train" and key in r][1:])
+    return rates[len(rates) // 2] if rates else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="a folder of images (sub-folders = classes)")
@@ -98,6 +106,8 @@ def main() -> None:
         },
         "ae_seconds": run_seconds(ae),
         "prior_seconds": run_seconds(prior),
+        "ae_img_per_s_median": median_rate(ae, "img_per_s"),
+        "prior_codes_per_s_median": median_rate(prior, "code_per_s"),
         "sample_64_seconds": round(sample_seconds, 1),
         "psnr": round(rec["psnr"], 2),
         "codes_used": round(rec["codes_used"], 4),

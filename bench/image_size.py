@@ -4,7 +4,9 @@
 
 Times forward, backward and an AdamW update of the autoencoder (CIFAR-10's recipe, fsq 8,8,8,6,5, no discriminator)
 on random batches of 64 images, in-process, median of `--repeats` timings of `--steps` steps after 3 warm-up steps:
-32×32 at 4× downsampling, 64×64 at 8× (the rule's 8×8 grid) and 64×64 at 4×. Writes bench/results/image-size.json.
+32×32 at 4× downsampling, 64×64 at 8× (the rule's 8×8 grid) and 64×64 at 4×; then 64×64 at 8× with the adversarial
+term (its generator pass, adaptive weight and the discriminator's own step), which the size rule leaves out above
+32 pixels. Writes bench/results/image-size.json.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 
 import torch
 
+from vqgen.adversarial import Adversary
 from vqgen.presets import grid_downsample
 from vqgen.train import seed_everything
 from vqgen.vqvae import VQVAE, AEConfig, reconstruction_loss
@@ -20,18 +23,24 @@ from vqgen.vqvae import VQVAE, AEConfig, reconstruction_loss
 from common import command_line, median_step_seconds, write_result
 
 
-def step_seconds(size: int, downsample: int, steps: int, repeats: int) -> float:
+def step_seconds(size: int, downsample: int, steps: int, repeats: int, adversarial: bool = False) -> float:
     seed_everything(0)
     model = VQVAE(AEConfig(image_size=size, downsample=downsample, quantizer="fsq", fsq_levels=[8, 8, 8, 6, 5]))
     optimizer = torch.optim.AdamW(model.parameters(), 3e-3)
     x = torch.rand(64, 3, size, size) * 2 - 1
+    adversary = Adversary(3, 0.2, 0, 3e-3, torch.device("cpu"), feature_weight=0.1) if adversarial else None
 
     def step() -> None:
         recon, vq = model(x)
-        loss = reconstruction_loss(recon, x) + vq.loss
+        rec = reconstruction_loss(recon, x)
+        loss = rec + vq.loss
+        if adversary is not None:
+            loss = loss + adversary.generator_term(x, recon, rec, model.decoder.last_layer())[0]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if adversary is not None:
+            adversary.discriminator_step()
 
     return median_step_seconds(step, steps, repeats)
 
@@ -43,9 +52,17 @@ def main() -> None:
     args = parser.parse_args()
     command = command_line("image_size.py", args)
     rows = []
-    for size, downsample in ((32, grid_downsample(32)), (64, grid_downsample(64)), (64, 4)):
-        seconds = step_seconds(size, downsample, args.steps, args.repeats)
-        rows.append({"image_size": size, "downsample": downsample, "ms_per_step": round(1000 * seconds, 1)})
+    arms = ((32, grid_downsample(32), False), (64, grid_downsample(64), False), (64, 4, False))
+    for size, downsample, adversarial in (*arms, (64, grid_downsample(64), True)):
+        seconds = step_seconds(size, downsample, args.steps, args.repeats, adversarial)
+        rows.append(
+            {
+                "image_size": size,
+                "downsample": downsample,
+                "adversarial": adversarial,
+                "ms_per_step": round(1000 * seconds, 1),
+            }
+        )
         print(rows[-1])
     base = rows[0]["ms_per_step"]
     for row in rows:

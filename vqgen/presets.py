@@ -44,7 +44,7 @@ class Preset:
 PRESETS = {
     # The demo: `make demo` in a few minutes. Short runs favour small batches, a narrow network (hidden 64 halves a
     # step), a 4 × 64 Transformer at lr 3e-3; 64 codes cover flat fills and their edges; guidance 2 gives the lowest
-    # Fréchet distance without the mixed-colour fills of 3 (docs/results.md, "The demo").
+    # Fréchet distance without the mixed-colour fills of 3 (docs/results.md, "The built-in shapes").
     "shapes": Preset(
         codebook_size=64,
         ae_hidden=64,
@@ -61,7 +61,7 @@ PRESETS = {
     # K = 512 plateaus below it (docs/results.md, "MNIST"). Stage two keeps the real-data recipe.
     "mnist": Preset(codebook_size=1024, ae_steps=9000, ae_ema_weights=0.999),
     # CIFAR-10 (the torchvision set, or an array file or folder named cifar10…), held-out figures in the eval
-    # classifier's features (bench/natural.py, README "Natural images"). K = 512 and the reconstruction loss alone
+    # classifier's features (bench/natural.py, docs/results.md "CIFAR-10"). K = 512 and the reconstruction loss alone
     # (14 min): reconstructions at a Fréchet distance of 21.7 keeping 0.65 of the originals' class, samples at 33.5
     # and 35.6% of the asked class. K = 2048 with the adversarial term (0.2 after 1600 steps) and feature matching
     # 0.1, 5,600 steps (15 min on the EPYC with tests beside it, 10 min on an Intel Xeon with AMX): 11.6 and 0.76

@@ -269,43 +269,6 @@ def test_bf16_on_cpu_keeps_the_quantizer_in_fp32(in_tmp, monkeypatch):
     assert all(v.dtype == torch.float32 for v in weights if v.is_floating_point())
 
 
-@pytest.mark.parametrize(
-    ("device", "network", "cuda_bf16", "cpu_bf16", "expected"),
-    [
-        ("cpu", "autoencoder", False, False, "fp32"),  # AVX2 only: bf16 is emulated and slower
-        ("cpu", "autoencoder", False, True, "bf16"),
-        ("cpu", "pixelcnn", False, True, "bf16"),
-        ("cpu", "transformer", False, True, "fp32"),  # too small a matmul at the default width to gain
-        ("cuda", "transformer", True, False, "bf16"),
-        ("cuda", "autoencoder", False, False, "fp32"),  # no bf16 on the GPU: fp16 stays an explicit choice
-        ("mps", "autoencoder", False, True, "fp32"),
-    ],
-)
-def test_auto_precision_follows_the_hardware(device, network, cuda_bf16, cpu_bf16, expected):
-    from vqgen.device import auto_precision
-
-    assert auto_precision(device, network, cuda_bf16=cuda_bf16, cpu_bf16=cpu_bf16) == expected
-
-
-@pytest.mark.parametrize("native", [False, True])
-def test_auto_precision_is_printed_recorded_and_kept_on_resume(in_tmp, monkeypatch, native):
-    import vqgen.device
-
-    monkeypatch.setattr(vqgen.device, "cpu_has_native_bf16", lambda: native)
-    result = run_cli("train-ae", *AE_FLAGS, "--steps", "2", "--device", "cpu")
-    assert result.code == 0, result.err
-    chosen = "bf16" if native else "fp32"
-    assert f"precision {chosen}" in " ".join(result.out.split())
-    config_path = in_tmp / "runs/ae" / ckpt.CONFIG
-    assert json.loads(config_path.read_text())["train"]["precision"] == chosen
-    # a resume repeats the recorded precision even where auto would now choose the other one
-    monkeypatch.setattr(vqgen.device, "cpu_has_native_bf16", lambda: not native)
-    result = run_cli("train-ae", "--resume", "--steps", "3")
-    assert result.code == 0, result.err
-    assert f"precision {chosen}" in " ".join(result.out.split())
-    assert json.loads(config_path.read_text())["train"]["precision"] == chosen
-
-
 def test_fp16_on_cpu_is_a_clear_error(in_tmp):
     result = run_cli("train-ae", "--precision", "fp16", "--device", "cpu")
     assert result.code == 2 and "bf16" in result.err and "Traceback" not in result.err

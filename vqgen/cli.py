@@ -141,8 +141,10 @@ PrecisionOpt = Annotated[
     typer.Option(
         "--precision",
         help="auto, fp32, bf16 or fp16 autocast for the networks (the quantizer stays fp32; fp16 needs a GPU). "
-        "auto: bf16 on a GPU with bf16 and, for the convolutional networks, on a CPU with native bf16 "
-        "(AVX-512 BF16 or AMX); fp32 elsewhere. The choice is printed and recorded in config.json.",
+        "auto: bf16 on a GPU with bf16; on a CPU with native bf16 (AVX-512 BF16 or AMX) the faster of fp32 and "
+        "bf16, timed on the network about to train (about a second; bf16 must be 1.10× as fast) and cached per CPU "
+        "model in $VQGEN_CACHE or ~/.cache/vqgen; fp32 elsewhere. The choice and what was measured are printed and "
+        "recorded in config.json; a resumed run keeps its precision.",
     ),
 ]
 SamplePrecisionOpt = Annotated[

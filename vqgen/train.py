@@ -10,6 +10,9 @@ vqgen.distributed and the saved training state from vqgen.resume.
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
+import json
 import math
 import signal
 import time
@@ -21,7 +24,14 @@ import torch
 import torch.nn as nn
 
 from vqgen import checkpoint as ckpt
-from vqgen.device import autocast, resolve_device, resolve_precision
+from vqgen.device import (
+    PrecisionChoice,
+    auto_is_measured,
+    autocast,
+    measure_cpu_precision,
+    resolve_device,
+    resolve_precision,
+)
 from vqgen.distributed import (
     DistInfo,
     agreed_signal,
@@ -54,7 +64,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate only at the end
     save_every: int = 500
     device: str = "auto"
-    precision: str = "auto"  # resolved (see vqgen.device.resolve_precision) before the run's config.json is written
+    precision: str = "auto"  # resolved before training starts (setup_device, else fit), and so in config.json
     compile: bool = False
 
     def to_dict(self) -> dict:
@@ -148,9 +158,11 @@ def seed_everything(seed: int) -> None:
 
 def setup_device(cfg: TrainConfig, network: str) -> tuple[torch.device, DistInfo]:
     """The device (this rank's GPU under torchrun) and the process group; `cfg.precision` becomes the one that runs
-    (`auto` resolved for `network`, see auto_precision), so that config.json records it and a resume repeats it."""
+    (`auto` resolved for `network`, see auto_precision), so that config.json records it and a resume repeats it. On a
+    CPU with native bf16 `auto` stays until fit has timed the network (see _measured_precision)."""
     device = resolve_device(cfg.device)
-    cfg.precision = resolve_precision(cfg.precision, device, network)
+    if not auto_is_measured(cfg.precision, device):
+        cfg.precision = resolve_precision(cfg.precision, device, network)
     return device, setup_distributed(device)
 
 
@@ -164,7 +176,7 @@ class Task:
     kind: str = "task"
     unit: str = "img"  # what throughput counts
     examples_per_row: int = 1  # units per data row (1 image, or m² codes)
-    network: str = "autoencoder"  # what `--precision auto` decides for (see vqgen.device.auto_precision)
+    network: str = "autoencoder"  # what `--precision auto` decides for by flags (see vqgen.device.auto_precision)
 
     def num_rows(self) -> int:
         """Training rows (images or code grids)."""
@@ -394,10 +406,17 @@ def fit(
     if resume:
         meta = load_state(run_dir, model, opt, order, average, task)
         start_step = int(meta["step"])
+    measured = None
+    if auto_is_measured(cfg.precision, device):  # a resumed run has its precision already: it is not measured again
+        measured = _measured_precision(task, order, device, dist_info.is_main)
+        cfg.precision = measured.precision
+        if dist_info.is_main:
+            _record_precision(run_dir, measured)
     cfg.precision = resolve_precision(cfg.precision, device, task.network)
     if console is not None and dist_info.is_main:
         threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
-        console.print(f"{task.kind}: {device.type}{threads}, precision {cfg.precision}")
+        how = f" ({measured.describe()})" if measured is not None else ""
+        console.print(f"{task.kind}: {device.type}{threads}, precision {cfg.precision}{how}")
     if cfg.compile:
         compile_modules(task.compile_targets(), console if dist_info.is_main else None)
     train_model: nn.Module = model
@@ -552,6 +571,67 @@ def fit(
             run_dir, {"step": total, "split": "budget", "minutes": cfg.minutes, "seconds": train_seconds}
         )
     return results
+
+
+def _measured_precision(task: Task, order, device: torch.device, main: bool) -> PrecisionChoice:
+    """`--precision auto` on a CPU with native bf16: the faster of fp32 and bf16 for this network and batch, cached
+    per CPU model (vqgen.device.measure_cpu_precision). The passes run on copies of the task's networks, on this
+    rank's share of a batch of the first training rows, with the random state restored after: the run itself is
+    the same whichever precision the measurement picks."""
+    share = order.batch_size // order.world_size
+    rows = torch.arange(order.rank * share, (order.rank + 1) * share)
+    probe: Task | None = None
+
+    def step(precision: str) -> None:
+        nonlocal probe
+        if probe is None:
+            probe = _probe_task(task)
+            probe.model.train()
+        with autocast(device, precision):
+            loss, _ = probe.step(probe.model, rows)
+        probe.model.zero_grad(set_to_none=True)
+        loss.backward()
+
+    with torch.random.fork_rng(devices=[]):
+        return measure_cpu_precision(_precision_key(task, share), step, main=main, agree=broadcast_object)
+
+
+def _holds_network(value: object) -> bool:
+    if isinstance(value, nn.Module):
+        return True
+    inner = getattr(value, "__dict__", None)
+    return isinstance(inner, dict) and any(isinstance(v, (nn.Module, torch.optim.Optimizer)) for v in inner.values())
+
+
+def _probe_task(task: Task) -> Task:
+    """A copy of `task` whose networks (its model, and anything else holding one, as a discriminator) are copies of
+    their own, so that timing its steps changes nothing of the run's (weights, buffers, counters); data is shared."""
+    probe = copy.copy(task)
+    memo: dict = {}
+    for name, value in vars(task).items():
+        if name == "model" or _holds_network(value):
+            setattr(probe, name, copy.deepcopy(value, memo))
+    return probe
+
+
+def _precision_key(task: Task, batch: int) -> str:
+    """What a measured precision holds for: the task, its network's settings and shapes, the batch, the threads."""
+    model = task.model
+    settings = model.cfg.to_dict() if hasattr(getattr(model, "cfg", None), "to_dict") else None
+    shapes = [(name, list(p.shape)) for name, p in model.named_parameters()]
+    others = sorted(name for name, value in vars(task).items() if name != "model" and _holds_network(value))
+    blob = json.dumps([type(model).__name__, settings, shapes, others], sort_keys=True, default=str)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return f"{task.kind} {task.network} {digest}, batch {batch}, {torch.get_num_threads()} threads"
+
+
+def _record_precision(run_dir: Path, choice: PrecisionChoice) -> None:
+    """The measured precision and its figures, in the train section of the run's config.json (where there is one)."""
+    if not (run_dir / ckpt.CONFIG).exists():
+        return
+    config = ckpt.read_config(run_dir)
+    config["train"] = {**config.get("train", {}), "precision": choice.precision, "precision_auto": choice.record()}
+    ckpt.save_json(run_dir / ckpt.CONFIG, config)
 
 
 def _budget_steps(

@@ -14,6 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "datasets"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# --precision auto by the CPU-flag rule, not by timing: a test's run must not depend on how busy the machine is
+# (tests/test_device.py lifts this to test the timing itself)
+os.environ["VQGEN_PRECISION_AUTO"] = "rule"
 
 
 @dataclass

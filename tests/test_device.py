@@ -24,6 +24,14 @@ from vqgen.device import (
 from conftest import run_cli
 
 CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def timed_auto(monkeypatch):
+    """These tests are of the timing itself, which conftest turns off for the rest of the suite."""
+    monkeypatch.delenv("VQGEN_PRECISION_AUTO", raising=False)
+
+
 REAL_TIME_PRECISIONS = device_mod.time_precisions
 AE_FLAGS = (
     "--hidden",

@@ -120,7 +120,10 @@ _CACHE_VERSION = 1
 def auto_is_measured(precision: str, device: torch.device) -> bool:
     """Whether a training run's `precision` is decided by timing its network (see measure_cpu_precision): `auto` on
     a CPU with native bf16. Elsewhere auto_precision's rule decides (a GPU: bf16 where it has it; a CPU without
-    native bf16: fp32), and an explicit precision is always kept."""
+    native bf16: fp32), and an explicit precision is always kept. VQGEN_PRECISION_AUTO=rule turns the timing off
+    (the test suite sets it, so that a run's precision does not depend on how busy the machine is)."""
+    if os.environ.get("VQGEN_PRECISION_AUTO") == "rule":
+        return False
     return precision == "auto" and device.type == "cpu" and cpu_has_native_bf16()
 
 

@@ -95,7 +95,7 @@ def _toy_data(n: int = 64):
 
 
 def test_classifier_is_cached_and_retrained_when_settings_change(tmp_path):
-    from vqgen.evaluate import classifier_path, load_or_train_classifier
+    from vqgen.classifier import classifier_path, load_or_train_classifier
 
     data, cpu = _toy_data(), torch.device("cpu")
     path = classifier_path(tmp_path, "toy.npz", data.image_shape)
@@ -121,7 +121,7 @@ def test_classifier_is_cached_and_retrained_when_settings_change(tmp_path):
 
 
 def test_natural_colour_images_get_the_stronger_classifier_recipe(tmp_path):
-    from vqgen.evaluate import NATURAL_RECIPE, SMALL_RECIPE, Classifier, load_or_train_classifier, recipe_for
+    from vqgen.classifier import NATURAL_RECIPE, SMALL_RECIPE, Classifier, load_or_train_classifier, recipe_for
 
     assert recipe_for("cifar10.npz", (3, 32, 32)) is NATURAL_RECIPE
     assert recipe_for("shapes", (3, 32, 32)) is SMALL_RECIPE  # synthetic flat fills: the small net is > 99%
@@ -140,7 +140,7 @@ def test_natural_colour_images_get_the_stronger_classifier_recipe(tmp_path):
 
 
 def test_large_images_are_classified_from_their_32_pixel_average():
-    from vqgen.evaluate import LARGE_RECIPE, Classifier, recipe_for
+    from vqgen.classifier import LARGE_RECIPE, Classifier, recipe_for
 
     recipe = recipe_for("photos/", (3, 64, 64))
     assert recipe is LARGE_RECIPE and recipe_for("photos/", (3, 32, 32)) is not LARGE_RECIPE
@@ -153,7 +153,7 @@ def test_large_images_are_classified_from_their_32_pixel_average():
 
 
 def test_flip_and_shift_moves_whole_images_within_the_padding():
-    from vqgen.evaluate import flip_and_shift
+    from vqgen.classifier import flip_and_shift
 
     x = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).view(2, 3, 16, 16)
     out = flip_and_shift(x, torch.Generator().manual_seed(0), pad=4)
@@ -327,7 +327,7 @@ def test_plot_rejects_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_classifier_cache_avoids_a_read_only_data_root(tmp_path, monkeypatch):
-    from vqgen.evaluate import classifier_root
+    from vqgen.classifier import classifier_root
 
     writable = tmp_path / "writable"
     writable.mkdir()

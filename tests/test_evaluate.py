@@ -253,6 +253,18 @@ def test_eval_with_prior_is_complete_and_reproducible(runs, data_root):
     assert again["classifier"]["accuracy"] == report["classifier"]["accuracy"]
 
 
+def test_eval_of_an_unconditional_prior_with_the_default_classes(runs, tmp_path):
+    _, prior = runs
+    out = tmp_path / "unconditional"
+    tiny = ("--layers", "1", "--width", "32", "--steps", "2", "--device", "cpu", "--unconditional")
+    assert run_cli("train-prior", "--codes", prior.parent / "codes.safetensors", "--out", out, *tiny).code == 0
+    result = _eval("--prior", out, "--n", "16")  # --class all: there is no class to ask for, which is no error
+    assert result.code == 0, result.err
+    s = json.loads((out / "eval.json").read_text())["samples"]
+    assert s["labels"] == "none (unconditional prior)" and "class_accuracy" not in s
+    assert s["frechet_samples_vs_test"] >= 0
+
+
 def test_unlabelled_data_is_scored_in_another_sets_features(runs, tmp_path):
     import numpy as np
 

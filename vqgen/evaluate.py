@@ -256,7 +256,9 @@ def evaluate_run(
 
             # ---- samples: N grids, labels cycling over the classes for a class-conditional prior (or as --class says)
             n = opts.n
-            if prior_cfg.num_classes > 0 and opts.classes == "all":
+            if prior_cfg.num_classes == 0 and opts.classes in ("all", "none"):
+                labels, how = None, "none"  # an unconditional prior: its samples have no class to ask for
+            elif prior_cfg.num_classes > 0 and opts.classes == "all":
                 labels = torch.arange(n) % prior_cfg.num_classes
                 how = f"cycling over {prior_cfg.num_classes} classes"
             else:

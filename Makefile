@@ -80,7 +80,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/levels.py --ae-minutes 8.0 --prior-minutes 8.0 --image-size 64 --n 5000 --classifier-steps 600 --arms one,two --name levels-64
 	$(BIN)/python bench/bigdata.py --images 20000 --small 5000 --size 128 --steps 20 --work /tmp/vqgen-bigdata
 	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000 --reuse --root runs/bench/tin20
-	$(BIN)/python bench/folders.py --data ../shared/datasets/Flowers64 --features-from ../shared/datasets/TinyImageNet20 --n 5000
+	$(BIN)/python bench/folders.py --data ../shared/datasets/Flowers64 --features-from ../shared/datasets/TinyImageNet20 --n 5000 --reuse
 	# beside vector-quantize-pytorch (a benchmark extra): the present MNIST preset, then the previous one
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/vs_vqtorch.py --data mnist --restart-below 0.3

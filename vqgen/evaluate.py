@@ -356,7 +356,9 @@ def _classifier_reference(
     }
     test_feats, test_preds = classifier_outputs(clf, test.images[:n_test], dev, opts.batch_size)
     recon_feats, recon_preds = classifier_outputs(clf, recons, dev, opts.batch_size)
-    train_feats, _ = classifier_outputs(clf, dataset.train.images[:n_test], dev, opts.batch_size)
+    # a seeded draw, not the first n_test: a folder's train split is in file order, one class after another
+    draw = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(opts.seed))[:n_test]
+    train_feats, _ = classifier_outputs(clf, dataset.train.images[draw], dev, opts.batch_size)
     reference = {
         "test_features": test_feats,
         "frechet_recon_vs_test": frechet_distance(recon_feats, test_feats),

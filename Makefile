@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
 # Every JSON in bench/results/, rebuilt by the line that made it (tests/test_docs.py checks that each JSON's command is
-# here), in an order where a line's input runs come from an earlier line: 12 to 13 hours on 2 cores, 9 h 12 min of it
+# here), in an order where a line's input runs come from an earlier line: 13 to 14 hours on 2 cores, 10 h 50 min of it
 # the stage times the JSONs record and the rest estimated (docs/benchmarks.md#rebuilding-these-numbers). A command
 # that leaves a setting to the defaults runs with today's defaults, which may differ from those of the JSON's time.
 bench: $(STAMP)

@@ -118,8 +118,8 @@ def grid_downsample(image_size: int) -> int:
 def sized_preset(image_size: int) -> Preset:
     """The real-data recipe for n×n images of a folder or array file: up to 32 pixels the plain one (4× downsampling);
     larger images keep an 8×8 grid (`grid_downsample`), so stage two costs what it costs at 32 pixels, and take
-    CIFAR-10's codebook, with fewer steps in proportion to the pixels and no discriminator (whose step at 64 pixels
-    costs about three steps without it), so that each stage keeps to about 15 minutes."""
+    CIFAR-10's codebook, with fewer steps in proportion to the pixels and no discriminator (with it a step at 64 pixels
+    costs about six without it), so that each stage keeps to about 15 minutes."""
     base = Preset()
     if image_size <= 32:
         return base

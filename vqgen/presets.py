@@ -100,8 +100,8 @@ def preset_for(dataset: str | None, image_size: int | None = None) -> Preset:
 
 
 # Steps at n pixels = CIFAR-10's × (32/n)² × this ratio: a step at 8× downsampling costs less per pixel than one at
-# 4× (the extra outer stage is a narrow one), so that stage one at 64 pixels, without the discriminator, fills the
-# same 15 minutes on 2 cores (docs/results.md, "Your own images").
+# 4× (the extra outer stage is a narrow one), so that stage one at 64 pixels, without the discriminator, takes
+# about 15 minutes on 2 cores (docs/results.md, "Your own images").
 LARGE_IMAGE_STEP_RATIO = 1.93
 # Stage two at n > 32 pixels sees CIFAR-10's 8×8 grid; these steps of the flat K = 2048 prior fill 15 minutes on the
 # slowest 2-core machine measured (docs/results.md, "Your own images").

@@ -96,7 +96,7 @@ class AEConfig:
         if self.factor_by not in (None, "levels", "kmeans"):
             raise ValueError(f"factor_by must be levels or kmeans, not {_short(self.factor_by)}")
         if self.factor_by == "levels" and self.quantizer != "fsq":
-            raise ValueError(f"only fsq codes factorise by levels; a {self.quantizer} codebook is renumbered (kmeans)")
+            raise ValueError(f"only fsq codes factorise by levels; {self.quantizer} codes are renumbered (kmeans)")
         grouped = self.renumbered or fsq_factor_groups(self.fsq_levels, self.code_factors) is not None
         if self.code_factors and not grouped:
             raise ValueError(

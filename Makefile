@@ -77,6 +77,7 @@ bench: $(STAMP)
 	# factorised codes, two levels at 64 pixels, folders larger than memory, folders of photos at their defaults
 	$(BIN)/python bench/factorised.py --arms fsq-240x64 --default-ae-steps 3000 --ae-steps-of '' --prior-steps 1492 --n 5000 --name factorised-cifar10 --reuse
 	$(BIN)/python bench/factorised.py --arms fsq-kmeans-240x64 --default-ae-steps 3000 --ae-steps-of '' --prior-steps 1492 --n 5000 --name factorised-cifar10 --reuse
+	$(BIN)/python bench/factorised.py --arms fsq-flat --default-ae-steps 3000 --ae-steps-of '' --prior-steps 1492 --n 5000 --name factorised-cifar10 --reuse
 	$(BIN)/python bench/levels.py --ae-minutes 8.0 --prior-minutes 8.0 --image-size 64 --n 5000 --classifier-steps 600 --arms one,two --name levels-64
 	$(BIN)/python bench/bigdata.py --images 20000 --small 5000 --size 128 --steps 20 --work /tmp/vqgen-bigdata
 	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000 --reuse --root runs/bench/tin20

@@ -2,14 +2,15 @@
 
     python bench/factorised.py --arms fsq-240x64,ema16384-128x128 --n 5000
 
-Arms (see ARMS): `fsq-240x64` is FSQ with levels 8,8,8,6,5 (15,360 codes) whose sub-tokens are groups of levels
-(by construction); `ema16384-128x128` is the K = 16,384 EMA codebook renumbered by balanced k-means after training;
+Arms (see ARMS): `fsq-240x64` is FSQ with levels 8,8,8,6,5 (15,360 codes) whose sub-tokens are groups of levels (by
+construction); `ema16384-128x128` is the K = 16,384 EMA codebook renumbered by balanced k-means after training;
 `flat2048` is the K = 2048 recipe with one 2048-way softmax; `fsq-kmeans-240x64` keeps the `fsq-240x64` arm's
 autoencoder and renumbers its 15,360 codes by balanced k-means instead (`vqgen factorise --by kmeans`), so that the
-two ways of factorising are compared on the same stage one. Each arm trains the autoencoder with fixed steps,
-encodes, trains the default Transformer prior (class-conditional, factorised where the codes are) for
-`--prior-steps`, then runs `vqgen eval --prior RUN --n N` (reconstructions and samples through the eval classifier,
-classes uniform) and draws 8 samples per class into docs/img/factorised-<arm>-samples.png.
+two ways of factorising are compared on the same stage one; `fsq-flat` trains a flat prior (one 15,360-way softmax,
+`train-prior --flat`) on the `fsq-240x64` arm's own codes, so bits per code compare exactly. Each arm trains the
+autoencoder with fixed steps, encodes, trains the default Transformer prior (class-conditional, factorised where the
+codes are) for `--prior-steps`, then runs `vqgen eval --prior RUN --n N` (reconstructions and samples through the eval
+classifier, classes uniform) and draws 8 samples per class into docs/img/factorised-<arm>-samples.png.
 Writes bench/results/<name>.json, keeping the rows of arms not run this time. Set VQGEN_BENCH_SRC to a frozen copy
 of vqgen/ to keep edits away from a run.
 """
@@ -43,8 +44,12 @@ ARMS = {
     ],
     "flat2048": ["--codebook-size", "2048", "--code-factors", "none", *ADVERSARIAL[:4], "--feature-matching", "0.1"],
 }
-# arms whose autoencoder is another arm's, factorised afresh: (that arm, `vqgen factorise` options)
-DERIVED = {"fsq-kmeans-240x64": ("fsq-240x64", ["--factors", "240x64", "--by", "kmeans"])}
+# arms whose autoencoder is another arm's: (that arm, `vqgen factorise` options or None to keep its codes,
+# extra `vqgen train-prior` options)
+DERIVED = {
+    "fsq-kmeans-240x64": ("fsq-240x64", ["--factors", "240x64", "--by", "kmeans"], []),
+    "fsq-flat": ("fsq-240x64", None, ["--flat"]),
+}
 
 
 def done(path: Path, after: Path | None = None) -> bool:
@@ -59,12 +64,23 @@ def run_seconds(run: Path) -> float:
 def arm_row(arm: str, args) -> dict:
     root = Path("runs") / "bench" / args.name
     ae, codes, prior = root / f"ae-{arm}", root / f"codes-{arm}.safetensors", root / f"prior-{arm}"
-    base, refactor = DERIVED.get(arm, (arm, None))
+    base, refactor, prior_options = DERIVED.get(arm, (arm, None, []))
     steps = args.ae_steps.get(base, args.default_ae_steps)
     base_ae = root / f"ae-{base}"
+    if arm != base and refactor is None:  # the base arm's autoencoder and codes, another prior
+        ae, codes = base_ae, root / f"codes-{base}.safetensors"
     train_ae = ["train-ae", "--data", os.path.relpath(CIFAR), "--steps", str(steps), "--out", str(base_ae), *ARMS[base]]
     encode = ["encode", "--ae", str(ae), "--out", str(codes)]
-    train_prior = ["train-prior", "--codes", str(codes), "--out", str(prior), "--steps", str(args.prior_steps)]
+    train_prior = [
+        "train-prior",
+        "--codes",
+        str(codes),
+        "--out",
+        str(prior),
+        "--steps",
+        str(args.prior_steps),
+        *prior_options,
+    ]
     evaluate = ["eval", "--prior", str(prior), "--n", str(args.n)]
     sample = ["sample", "--prior", str(prior), "--n", "80", "--class", "all", "--out", str(root / f"samples-{arm}")]
     if not (args.reuse and done(base_ae / "model.safetensors")):

@@ -7,8 +7,10 @@ Runs `train-ae --data FOLDER`, `encode`, `train-prior` and `sample` with the def
 (vqgen.presets.sized_preset), then `vqgen eval --prior RUN --n N` (classes uniform for a labelled folder; an
 unlabelled one is scored in the features of `--features-from`'s classifier). Times each stage (config written to
 the last metrics line) and `vqgen sample --n 64`, copies the reconstructions and a grid of samples (8 per class
-for a labelled folder) into docs/img/folder-<name>-*.png, and writes bench/results/folder-<name>.json. Set
-VQGEN_BENCH_SRC to a frozen copy of vqgen/ to keep edits away from a run.
+for a labelled folder) into docs/img/<result>-*.png, and writes bench/results/<result>.json (<result>: --name, by
+default folder-<folder name>). `--ae-options` and `--prior-options` add flags to the defaults, to measure another
+choice beside them (`--ae-options '--downsample 4'`: a 16×16 grid at 64 px). Set VQGEN_BENCH_SRC to a frozen copy
+of vqgen/ to keep edits away from a run.
 """
 
 from __future__ import annotations
@@ -46,18 +48,22 @@ def main() -> None:
     parser.add_argument("--features-from", default=None, help="a labelled set whose classifier scores unlabelled data")
     parser.add_argument("--n", type=int, default=5000, help="samples (and held-out images) for vqgen eval")
     parser.add_argument("--reuse", action="store_true", help="keep each stage whose output is newer than its input")
-    parser.add_argument("--root", default=None, help="where the runs go (default: runs/bench/folder-<name>)")
+    parser.add_argument("--root", default=None, help="where the runs go (default: runs/bench/<result name>)")
+    parser.add_argument("--name", default=None, help="the results file's name (default: folder-<folder name>)")
+    parser.add_argument("--ae-options", default="", help="flags added to train-ae, e.g. '--downsample 4'")
+    parser.add_argument("--prior-options", default="", help="flags added to train-prior, e.g. '--minutes 15'")
     args = parser.parse_args()
     command = command_line("folders.py", args)
     data = os.path.relpath(Path(args.data).resolve(), REPO)
     features = os.path.relpath(Path(args.features_from).resolve(), REPO) if args.features_from else None
     name = Path(data).name.lower()
+    result = args.name or f"folder-{name}"
     os.chdir(REPO)
-    root = Path(args.root) if args.root else Path("runs") / "bench" / f"folder-{name}"
+    root = Path(args.root) if args.root else Path("runs") / "bench" / result
     ae, codes, prior = root / "ae", root / "codes.safetensors", root / "prior"
-    train_ae = ["train-ae", "--data", data, "--out", str(ae)]
+    train_ae = ["train-ae", "--data", data, "--out", str(ae), *shlex.split(args.ae_options)]
     encode = ["encode", "--ae", str(ae), "--out", str(codes)]
-    train_prior = ["train-prior", "--codes", str(codes), "--out", str(prior)]
+    train_prior = ["train-prior", "--codes", str(codes), "--out", str(prior), *shlex.split(args.prior_options)]
     evaluate = ["eval", "--prior", str(prior), "--n", str(args.n), *(["--features-from", features] if features else [])]
     if not (args.reuse and done(ae / "model.safetensors")):
         vqgen(*train_ae, "--force")
@@ -76,8 +82,8 @@ def main() -> None:
     timed = ["sample", "--prior", str(prior), "--n", "64", "--out", str(root / "samples-64")]
     sample_seconds, _ = vqgen(*timed)
     Path("docs/img").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(root / "samples" / "grid.png", Path("docs/img") / f"folder-{name}-samples.png")
-    shutil.copyfile(ae / "recon.png", Path("docs/img") / f"folder-{name}-recon.png")
+    shutil.copyfile(root / "samples" / "grid.png", Path("docs/img") / f"{result}-samples.png")
+    shutil.copyfile(ae / "recon.png", Path("docs/img") / f"{result}-recon.png")
 
     report = json.loads((prior / "eval.json").read_text())
     rec, s, lik = report["reconstruction"], report["samples"], report["likelihood"]
@@ -131,7 +137,7 @@ def main() -> None:
         row["class_names"] = prior_config["codes"].get("class_names")
     row["commands"] = ["vqgen " + shlex.join(c) for c in (train_ae, encode, train_prior, evaluate, grid, timed)]
     print(json.dumps(row))
-    write_result(f"folder-{name}", command, row)
+    write_result(result, command, row)
 
 
 if __name__ == "__main__":

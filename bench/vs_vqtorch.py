@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from vqgen.autoencoder import AutoencoderTask, DataConfig, evaluate_split
+from vqgen.autoencoder import AutoencoderTask, DataConfig
+from vqgen.passes import split_pass
 from vqgen.presets import preset_for
 from vqgen.quantize import Quantizer, QuantizerOutput
 from vqgen.train import TrainConfig, fit, seed_everything
@@ -95,7 +96,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     fit(AutoencoderTask(model, images, torch.device("cpu")), cfg, out)
-    held_out = evaluate_split(model, images.test, torch.device("cpu"))
+    held_out = split_pass(model, images.test, torch.device("cpu")).metrics
     return {
         "quantizer": quantizer,
         "psnr": round(held_out["psnr"], 2),

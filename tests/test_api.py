@@ -319,3 +319,18 @@ def test_a_train_command_passes_what_was_typed_to_the_function_with_its_defaults
     assert [{k: v for k, v in calls[0].items() if k != "console"}] == [
         {"fsq_levels": [4, 4], "seed": 0} if command == "train-ae" else {"layers": 2, "seed": 0}
     ]
+
+
+def test_errors_name_the_keyword_in_python_and_the_flag_on_the_command_line(in_tmp):
+    import vqgen
+    from vqgen.errors import keyword_names
+
+    with pytest.raises(vqgen.VQGenError, match=r"^restart_below must be in \[0, 1\)") as raised:
+        vqgen.train_autoencoder(out="ae", steps=2, restart_below=2.0)
+    assert "--" not in str(raised.value)
+    result = run_cli("train-ae", "--out", "ae", "--steps", "2", "--restart-below", "2")
+    assert result.code == 2 and result.err.startswith("error: --restart-below must be in [0, 1)")
+    assert not (in_tmp / "ae").exists()
+    # a whole command in backticks is kept as typed; an option with another keyword takes that keyword
+    text = "--class 3 is out of range; run `vqgen train-prior --level bottom` or pass --top-k"
+    assert keyword_names(text) == "classes 3 is out of range; run `vqgen train-prior --level bottom` or pass top_k"

@@ -160,7 +160,7 @@ def test_folder_errors(tmp_path):
     with pytest.raises(VQGenError, match="no images found"):
         load_data(str(tmp_path / "empty"))
     _write_folder(tmp_path / "mixed", sizes=((12, 12), (16, 16)))
-    with pytest.raises(VQGenError, match="--image-size"):
+    with pytest.raises(VQGenError, match="image_size"):
         load_data(str(tmp_path / "mixed"))
     assert load_data(str(tmp_path / "mixed"), image_size=8).train.images.shape[2:] == (8, 8)
     with pytest.raises(VQGenError, match="neither a built-in"):

@@ -51,7 +51,7 @@ def test_one_level_autoencoder_is_unchanged_by_the_option():
     one = VQVAE(AEConfig(image_size=32, hidden=32, embed_dim=16, codebook_size=K))
     assert one.top is None and not any(k.startswith("top.") for k in one.state_dict())
     assert one.decoder.net[0].in_channels == 16 and two_level().decoder.net[0].in_channels == 32
-    with pytest.raises(ValueError, match="--levels"):
+    with pytest.raises(ValueError, match="^levels must"):
         AEConfig(levels=3)
 
 

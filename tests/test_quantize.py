@@ -148,11 +148,11 @@ def test_underused_codes_restart_below_a_share_of_the_mean():
 
 
 def test_restart_below_is_checked():
-    with pytest.raises(ValueError, match="restart-below"):
+    with pytest.raises(ValueError, match="restart_below"):
         VectorQuantizer(4, 2, restart_below=1.5)
     from vqgen.vqvae import AEConfig
 
-    with pytest.raises(ValueError, match="restart-below"):
+    with pytest.raises(ValueError, match="restart_below"):
         AEConfig(quantizer="fsq", restart_below=0.3)
 
 
@@ -226,5 +226,5 @@ def test_lookup_options_are_refused_for_fsq():
 
     with pytest.raises(ValueError, match="fsq"):
         AEConfig(quantizer="fsq", cosine=True)
-    with pytest.raises(ValueError, match="lookup-dim"):
+    with pytest.raises(ValueError, match="lookup_dim"):
         AEConfig(lookup_dim=128, embed_dim=64)

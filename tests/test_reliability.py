@@ -351,7 +351,7 @@ def test_skipped_images_are_reported(in_tmp):
 
 
 def test_weight_average_follows_its_formula():
-    from vqgen.train import WeightAverage
+    from vqgen.averaging import WeightAverage
 
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
@@ -372,7 +372,7 @@ def test_weight_average_follows_its_formula():
             assert torch.allclose(p, want, atol=1e-6)
     for p, before in zip(model.parameters(), trained, strict=True):  # and the trained weights come back
         assert torch.equal(p, before)
-    with pytest.raises(VQGenError, match="ema-weights"):
+    with pytest.raises(VQGenError, match="ema_weights"):
         WeightAverage(model, decay=1.0)
 
 

@@ -555,12 +555,12 @@ def test_class_indices_are_ascii_digits():
     for value, needle in (("²", "is not a class index"), ("٣", "is not a class index"), ("9" * 40, "out of range")):
         with pytest.raises(VQGenError, match=needle):
             resolve_classes(pipe, [value], 4)
-    with pytest.raises(VQGenError, match="--n must be an integer from 1 to 1,000,000"):
+    with pytest.raises(VQGenError, match="^n must be an integer from 1 to 1,000,000"):
         resolve_classes(pipe, ["all"], 10**12)
     with pytest.raises(VQGenError, match="^n must be an integer"):  # the Python API names its argument
         Pipeline.generate_codes(pipe, 10**12)
     with pytest.raises(VQGenError, match="^batch_size must be an integer from 1 to 65,536"):
-        SamplingOptions(batch_size=10**12, from_python=True).check()
+        SamplingOptions(batch_size=10**12).check()
 
 
 def _prior_folder(path: Path) -> Path:

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from vqgen.choices import Arch, Grad, Level, Precision, Quantizer
+
 # TrainConfig's settings that are options of both trainers (train-prior adds weight_decay)
 _TRAIN = (
     "steps",
@@ -70,7 +72,7 @@ def train_autoencoder(
     image_size: int | None = None,
     channels: int | None = None,
     strict: bool | None = False,
-    quantizer: str | None = None,
+    quantizer: Quantizer | None = None,
     codebook_size: int | None = None,
     embed_dim: int | None = 64,
     hidden: int | None = None,
@@ -80,7 +82,7 @@ def train_autoencoder(
     beta: float | None = 1.0,
     commitment: float | None = None,
     decay: float | None = 0.99,
-    grad: str | None = "ste",
+    grad: Grad | None = "ste",
     restart_dead: int | None = 50,
     restart_below: float | None = 0.0,
     kmeans_init: bool | None = True,
@@ -100,7 +102,7 @@ def train_autoencoder(
     ema_weights: float | None = None,
     seed: int | None = 0,
     device: str | None = "auto",
-    precision: str | None = "auto",
+    precision: Precision | None = "auto",
     compile: bool | None = False,
     log_every: int | None = 50,
     eval_every: int | None = 0,
@@ -123,15 +125,12 @@ def train_autoencoder(
     values = _settings(train_autoencoder, locals())
     from vqgen.autoencoder import AdversarialConfig, DataConfig
     from vqgen.autoencoder import train_autoencoder as train_in_folder
-    from vqgen.errors import VQGenError
 
     # the settings asked for; the library fills the rest from the preset for the data and its image size
     ae = {name: values[name] for name in _AE_MODEL}
     for name in ("fsq_levels", "code_factors"):
         if isinstance(ae[name], (list, tuple)):
             ae[name] = list(ae[name])
-    if values["grad"] not in ("ste", "rotation"):
-        raise VQGenError(f"--grad must be ste or rotation, not '{values['grad']}'")
     train = _train_config(values)
     data_cfg = DataConfig(
         str(values["data"]), _str(values["data_root"]), values["image_size"], values["channels"], values["strict"]
@@ -146,9 +145,9 @@ def train_prior(
     codes: str | Path | None = None,
     out: str | Path | None = None,
     *,
-    arch: str | None = "transformer",
+    arch: Arch | None = "transformer",
     flat: bool | None = False,
-    level: str | None = None,
+    level: Level | None = None,
     class_conditional: bool | None = None,
     class_dropout: float | None = 0.1,
     layers: int | None = None,
@@ -164,7 +163,7 @@ def train_prior(
     ema_weights: float | None = None,
     seed: int | None = 0,
     device: str | None = "auto",
-    precision: str | None = "auto",
+    precision: Precision | None = "auto",
     compile: bool | None = False,
     log_every: int | None = 50,
     eval_every: int | None = 500,

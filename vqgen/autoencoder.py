@@ -15,18 +15,16 @@ from vqgen.data import (
     ImageData,
     Split,
     held_out_record,
-    iterate_batches,
     load_data,
-    pixel_batch,
     to_float,
     to_uint8,
 )
 from vqgen.distributed import on_main, owns_process_group
 from vqgen.errors import VQGenError
 from vqgen.images import save_grid
-from vqgen.metrics import codes_used, image_mse, perplexity, psnr_from_mse
+from vqgen.metrics import psnr_from_mse
+from vqgen.passes import split_pass, usage_metrics
 from vqgen.presets import Preset, preset_for
-from vqgen.quantize import QuantizerOutput
 from vqgen.train import (
     Task,
     TrainConfig,
@@ -39,7 +37,6 @@ from vqgen.train import (
 from vqgen.vqvae import VQVAE, AEConfig, reconstruction_loss
 
 KIND = "vqvae"
-EVAL_BATCH = 500
 
 
 @dataclass
@@ -159,18 +156,10 @@ class AutoencoderTask(Task):
 
     def window_metrics(self, sums: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
         mse = float(sums["mse"]) / steps  # [0,1]-scale MSE: the loss runs on [-1,1], 4× larger
-        metrics = {
-            "mse": mse,
-            "psnr": psnr_from_mse(mse),
-            "codes_used": codes_used(sums["counts"]),
-            "perplexity": perplexity(sums["counts"]),
-            "restarted": float(sums["restarted"]),
-        }
-        if "counts_top" in sums:  # a two-level model: the fields above are its bottom grid's
-            metrics |= {
-                "codes_used_top": codes_used(sums["counts_top"]),
-                "perplexity_top": perplexity(sums["counts_top"]),
-            }
+        counts = torch.stack([sums["counts_top"], sums["counts"]]) if "counts_top" in sums else sums["counts"][None]
+        # a two-level model's codes_used and perplexity are its bottom grid's, with a _top pair for the top grid
+        metrics = {"mse": mse, "psnr": psnr_from_mse(mse)} | usage_metrics(counts)
+        metrics["restarted"] = float(sums["restarted"])
         if "adv_weight" in sums:
             metrics["adv_weight"] = float(sums["adv_weight"]) / steps  # the adaptive λ, 0 before the start
         if "feature_matching" in sums:
@@ -182,40 +171,10 @@ class AutoencoderTask(Task):
 
     def evaluate(self, model: nn.Module, final: bool) -> dict[str, float]:
         split = self.data.test if final else Split(self.data.test.images[:2000], None)
-        return evaluate_split(self.model, split, self.device)
+        return split_pass(self.model, split, self.device).metrics
 
     def preview(self, model: nn.Module, run_dir: Path, step: int) -> None:
         save_reconstructions(self.model, self.preview_images, run_dir / "recon.png", self.device)
-
-
-@torch.no_grad()
-def evaluate_split(model: VQVAE, split: Split, device: torch.device, batch_size: int = EVAL_BATCH) -> dict[str, float]:
-    """MSE, PSNR (of the mean MSE), codes used and perplexity over a whole split."""
-    was_training = model.training
-    model.eval()
-    counts = torch.zeros(model.cfg.levels, model.cfg.codebook_size, dtype=torch.long, device=device)  # top first
-    se_sum, n = 0.0, len(split)
-    for start, stop in iterate_batches(n, pixel_batch(batch_size, split.images)):
-        x = to_float(split.images[start:stop]).to(device)
-        recon, vq = model(x)
-        se_sum += float(image_mse(recon, x).sum())
-        counts += level_counts(vq)
-    model.train(was_training)
-    mse = se_sum / max(n, 1)
-    return {"mse": mse, "psnr": psnr_from_mse(mse)} | usage_metrics(counts)
-
-
-def level_counts(vq: QuantizerOutput) -> torch.Tensor:
-    """How often each code of each level was chosen: (levels, K), top first."""
-    return torch.stack([vq.top.counts, vq.counts]) if vq.top is not None else vq.counts[None]
-
-
-def usage_metrics(counts: torch.Tensor) -> dict[str, float]:
-    """Codes used and perplexity from (levels, K) counts; a two-level model's top grid gets its own `_top` pair."""
-    metrics = {"codes_used": codes_used(counts[-1]), "perplexity": perplexity(counts[-1])}
-    if len(counts) == 2:
-        metrics |= {"codes_used_top": codes_used(counts[0]), "perplexity_top": perplexity(counts[0])}
-    return metrics
 
 
 @torch.no_grad()

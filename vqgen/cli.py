@@ -977,6 +977,13 @@ def _system_error(e: BaseException) -> str | None:
 
 
 def main() -> None:
+    from vqgen.errors import flag_names
+
+    with flag_names():  # errors name --flags here, keyword arguments for Python callers
+        _main()
+
+
+def _main() -> None:
     from typer._click import exceptions as usage  # typer's own copy of click
 
     from vqgen.errors import TrainingInterrupted, VQGenError

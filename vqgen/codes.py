@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from vqgen import checkpoint as ckpt
-from vqgen.data import Split, iterate_batches, pixel_batch, to_float
 from vqgen.errors import VQGenError
 from vqgen.factorise import check_factors
 from vqgen.limits import MAX_BATCH, MAX_CLASSES, MAX_CODEBOOK, MAX_GRID, check_count
@@ -172,25 +171,6 @@ def load_codes(path: str | Path) -> CodesFile:
     )
 
 
-@torch.no_grad()
-def encode_split(model, split: Split, device: torch.device, batch_size: int = 500, progress=None) -> list[torch.Tensor]:
-    """Images (N, C, n, n) uint8 → the codes of each level, top first: [(N, m, m)] or [(N, m/2, m/2), (N, m, m)],
-    int64, batched, without gradients."""
-    model.eval()
-    out: list[list[torch.Tensor]] = [[] for _ in model.cfg.grid_sizes]
-    task = progress.add_task("encode", total=len(split), info="") if progress is not None else None
-    for start, stop in iterate_batches(len(split), pixel_batch(batch_size, split.images)):
-        grids = model.encode_levels(to_float(split.images[start:stop]).to(device))
-        for level, grid in zip(out, grids, strict=True):
-            level.append(grid.cpu())
-        if progress is not None:
-            progress.update(task, completed=stop)
-    return [
-        torch.cat(level) if level else torch.zeros(0, m, m, dtype=torch.long)
-        for level, m in zip(out, model.cfg.grid_sizes, strict=True)
-    ]
-
-
 def encode_dataset(
     ae_run: str | Path,
     out: str | Path,
@@ -203,6 +183,7 @@ def encode_dataset(
     """Encode the train and test split of a data set (default: the one the autoencoder was trained on)."""
     from vqgen.autoencoder import data_for, load_autoencoder
     from vqgen.device import resolve_device
+    from vqgen.passes import split_pass
     from vqgen.progress import make_progress
 
     check_count(batch_size, "--batch-size", MAX_BATCH)  # 0 or less encoded nothing and wrote an empty file
@@ -210,8 +191,10 @@ def encode_dataset(
     model, config = load_autoencoder(ae_run, dev)
     dataset = data_for(model, config, data, data_root)
     with make_progress(console) as progress:
-        train_levels = encode_split(model, dataset.train, dev, batch_size, progress)
-        test_levels = encode_split(model, dataset.test, dev, batch_size, progress)
+        train_levels, test_levels = (
+            split_pass(model, split, dev, batch_size, decode=False, codes=True, progress=progress, label="encode").grids
+            for split in (dataset.train, dataset.test)
+        )
     train_codes, test_codes = train_levels[-1], test_levels[-1]
     codes = CodesFile(
         train_codes,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from vqgen.choices import PRECISIONS, Precision
 from vqgen.errors import VQGenError
 
 
@@ -72,7 +73,7 @@ def auto_precision(device_type: str, network: str, *, cuda_bf16: bool, cpu_bf16:
     return "fp32"
 
 
-def resolve_precision(precision: str, device: torch.device, network: str) -> str:
+def resolve_precision(precision: Precision, device: torch.device, network: str) -> str:
     """`precision` itself, or what `auto` picks for `network` on `device` by auto_precision's rule (no timing);
     checked against the device. Training a network on a CPU with native bf16 measures instead, see
     measure_cpu_precision."""
@@ -87,7 +88,7 @@ def resolve_precision(precision: str, device: torch.device, network: str) -> str
 def check_precision(device: torch.device, precision: str) -> None:
     """Refuse, with the fix, a --precision the device cannot run (before any run folder is written)."""
     if precision not in _PRECISIONS:
-        raise VQGenError(f"unknown --precision '{precision}'; use auto, fp32, bf16 or fp16")
+        raise VQGenError(f"unknown --precision '{precision}'; use one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return
     if device.type == "cpu" and precision == "fp16":
@@ -102,7 +103,7 @@ def check_precision(device: torch.device, precision: str) -> None:
 def autocast(device: torch.device, precision: str):
     """Autocast for the networks (see check_precision); the quantizer and the sampling softmax opt out, in fp32."""
     if precision not in _PRECISIONS:
-        raise VQGenError(f"unknown --precision '{precision}'; use auto, fp32, bf16 or fp16")
+        raise VQGenError(f"unknown --precision '{precision}'; use one of {', '.join(PRECISIONS)}")
     dtype = _PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext()

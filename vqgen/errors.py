@@ -1,8 +1,51 @@
-"""User-facing errors: the CLI prints these as one line and exits non-zero, without a traceback."""
+"""User-facing errors: the CLI prints these as one line and exits non-zero, without a traceback.
+
+Messages are written once, naming command-line options (`--top-k`). Raised under the CLI they read so; raised to a
+Python caller they name the keyword argument instead (`top_k`: every option of the CLI is the keyword of the same
+name, vqgen.api), so that a notebook is not told to pass a flag. Text in backticks (a whole command) is kept.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_FLAG_NAMES = contextvars.ContextVar("vqgen_flag_names", default=False)
+_FLAG = re.compile(r"(?<![\w`-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+# options whose Python keyword has another name than the flag's
+_KEYWORDS = {"class": "classes", "image": "images"}
+
+
+def keyword_names(text: str) -> str:
+    """'--top-k must be ...' → 'top_k must be ...', outside `backticks` only."""
+    parts = text.split("`")
+    for i in range(0, len(parts), 2):  # even parts lie outside backticks
+        parts[i] = _FLAG.sub(lambda m: _KEYWORDS.get(m[1], m[1].replace("-", "_")), parts[i])
+    return "`".join(parts)
+
+
+@contextmanager
+def flag_names() -> Iterator[None]:
+    """Within this block (the CLI's entry point) errors name options as flags."""
+    token = _FLAG_NAMES.set(True)
+    try:
+        yield
+    finally:
+        _FLAG_NAMES.reset(token)
 
 
 class VQGenError(Exception):
     """A problem with the user's input or files; the message says what is wrong and what to do."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return text if _FLAG_NAMES.get() else keyword_names(text)
+
+
+class SettingError(VQGenError, ValueError):
+    """A setting (an option, a keyword argument, a config field) with a value it cannot take."""
 
 
 class TrainingInterrupted(Exception):

@@ -13,10 +13,10 @@ import torch
 
 from vqgen import __version__
 from vqgen import checkpoint as ckpt
-from vqgen.autoencoder import DataConfig, data_config_of, data_for, level_counts, load_autoencoder, usage_metrics
+from vqgen.autoencoder import DataConfig, data_config_of, data_for, load_autoencoder
 from vqgen.classifier import Classifier, classifier_outputs, classifier_root, load_or_train_classifier
-from vqgen.codes import CodesFile, encode_split
-from vqgen.data import ImageData, Split, default_root, iterate_batches, pixel_batch, to_float, to_uint8
+from vqgen.codes import CodesFile
+from vqgen.data import ImageData, Split, default_root
 from vqgen.device import resolve_device
 from vqgen.errors import VQGenError
 from vqgen.metrics import (
@@ -25,10 +25,8 @@ from vqgen.metrics import (
     entropy_bits,
     frechet_distance,
     grid_keys,
-    image_mse,
-    psnr_from_mse,
-    ssim,
 )
+from vqgen.passes import split_pass
 from vqgen.progress import make_progress
 from vqgen.vqvae import VQVAE
 
@@ -67,44 +65,6 @@ class EvalOptions:
 
 
 # ----------------------------------------------------------------------------------------------- stage one
-
-
-@torch.no_grad()
-def reconstruction_pass(
-    model: VQVAE, split: Split, device: torch.device, batch_size: int = 500, keep: int = 0, progress=None
-) -> tuple[dict[str, float], list[torch.Tensor], torch.Tensor]:
-    """One pass over a split: MSE, PSNR, SSIM, codes used and perplexity; its code grids, one (N, m_l, m_l) per
-    level, top first; and the uint8 reconstructions of its first `keep` images (keep, C, n, n)."""
-    model.eval()
-    counts = torch.zeros(model.cfg.levels, model.cfg.codebook_size, dtype=torch.long)
-    se_sum, ssim_sum, kept = 0.0, 0.0, []
-    codes: list[list[torch.Tensor]] = [[] for _ in model.cfg.grid_sizes]
-    task = progress.add_task("reconstruct", total=len(split), info="") if progress is not None else None
-    for start, stop in iterate_batches(len(split), pixel_batch(batch_size, split.images)):
-        x = to_float(split.images[start:stop]).to(device)  # (B, C, n, n)
-        recon, vq = model(x)
-        se_sum += float(image_mse(recon, x).sum())
-        ssim_sum += float(ssim(recon, x).sum())
-        counts += level_counts(vq).cpu()
-        for level, grid in zip(codes, model.code_grids(vq), strict=True):
-            level.append(grid.cpu())  # (B, m_l, m_l), numbered as encode numbers them
-        if start < keep:
-            kept.append(to_uint8(recon[: keep - start]).cpu())
-        if progress is not None:
-            progress.update(task, completed=stop)
-    n = max(len(split), 1)
-    mse = se_sum / n
-    metrics = {
-        "mse": mse,
-        "psnr": psnr_from_mse(mse),
-        "ssim": ssim_sum / n,
-    } | usage_metrics(counts)
-    grids = [
-        torch.cat(level) if level else torch.zeros(0, m, m, dtype=torch.long)
-        for level, m in zip(codes, model.cfg.grid_sizes, strict=True)
-    ]
-    recons = torch.cat(kept) if kept else split.images[:0]
-    return metrics, grids, recons
 
 
 # ----------------------------------------------------------------------------------------------- the whole run
@@ -181,7 +141,8 @@ def evaluate_run(
     }
     with make_progress(console) as progress:
         # ---- stage one: reconstructions of the whole held-out split
-        rec, test_codes, recons = reconstruction_pass(model, test, dev, opts.batch_size, keep=n_test, progress=progress)
+        held_out = split_pass(model, test, dev, opts.batch_size, codes=True, keep=n_test, progress=progress)
+        rec, test_codes, recons = held_out.metrics, held_out.grids, held_out.recons
         report["reconstruction"] = {"split": "test", "n": len(test), **rec, "codebook_size": k}
         if pipe is None and scored:
             # ---- what the classifier makes of the reconstructions: do they keep their class, their statistics?
@@ -200,7 +161,9 @@ def evaluate_run(
             # ---- stage two: held-out likelihood, beside the unigram entropy (a prior that ignores context)
             limit = min(opts.train_limit, len(dataset.train))
             train_split = Split(dataset.train.images[:limit], None)
-            train_codes = encode_split(model, train_split, dev, opts.batch_size, progress)  # [(M, m_l, m_l)] per level
+            train_codes = split_pass(  # [(M, m_l, m_l)] per level
+                model, train_split, dev, opts.batch_size, decode=False, codes=True, progress=progress, label="encode"
+            ).grids
             prior_cfg = pipe.prior.cfg
             report["runs"]["prior"] = {
                 "run": str(prior_run),

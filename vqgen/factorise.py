@@ -18,21 +18,23 @@ import math
 
 import torch
 
+from vqgen.errors import SettingError
+
 MAX_FACTORS = 4
 
 
 def check_factors(factors: list[int], codebook_size: int) -> list[int]:
-    """`factors` as a list of ints whose product is K (empty: flat codes); else a ValueError saying why."""
+    """`factors` as a list of ints whose product is K (empty: flat codes); else a SettingError saying why."""
     integers = isinstance(factors, (list, tuple)) and all(type(f) is int for f in factors)
     if not integers:
-        raise ValueError(f"code factors must be a list of integers, not {factors!r}")
+        raise SettingError(f"code factors must be a list of integers, not {factors!r}")
     factors = list(factors)
     if not factors:
         return factors
     if not 2 <= len(factors) <= MAX_FACTORS or any(f < 2 for f in factors):
-        raise ValueError(f"code factors must be 2 to {MAX_FACTORS} sub-vocabulary sizes, each ≥ 2, not {factors}")
+        raise SettingError(f"code factors must be 2 to {MAX_FACTORS} sub-vocabulary sizes, each ≥ 2, not {factors}")
     if math.prod(factors) != codebook_size:
-        raise ValueError(
+        raise SettingError(
             f"code factors {'×'.join(map(str, factors))} = {math.prod(factors)} do not multiply to K={codebook_size}"
         )
     return factors
@@ -46,7 +48,7 @@ def parse_factors(text: str) -> list[int]:
     try:
         return [int(part) for part in text.replace("×", "x").replace(",", "x").split("x")]
     except ValueError as e:
-        raise ValueError(f"code factors look like 128x128 (sub-vocabulary sizes), not '{text}'") from e
+        raise SettingError(f"code factors look like 128x128 (sub-vocabulary sizes), not '{text}'") from e
 
 
 def split_codes(codes: torch.Tensor, factors: list[int]) -> list[torch.Tensor]:
@@ -117,12 +119,14 @@ def balanced_order(codebook: torch.Tensor, factors: list[int], iters: int = 8, s
     for a codebook and seed, and it leaves the global RNG alone (a resumed run must stay bit-identical).
     """
     if len(factors) != 2:
-        raise ValueError(f"renumbering a codebook makes two sub-tokens, not {len(factors)}: give factors like 128x128")
+        raise SettingError(
+            f"renumbering a codebook makes two sub-tokens, not {len(factors)}: give factors like 128x128"
+        )
     k1, k2 = factors
     x = codebook.detach().double().cpu()  # (K, D)
     k = x.shape[0]
     if k1 * k2 != k:
-        raise ValueError(f"code factors {k1}x{k2} do not multiply to K={k}")
+        raise SettingError(f"code factors {k1}x{k2} do not multiply to K={k}")
     generator = torch.Generator().manual_seed(seed)
 
     def sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (N, M)

@@ -146,10 +146,10 @@ def plot_run(run: str | Path, n: int = 5000, device: str = "auto", data_root: st
 
 def _plot_codebook(run: Path, n: int, device: str, data_root: str | None) -> list[Path]:
     from vqgen.autoencoder import data_config_of, load_autoencoder
-    from vqgen.codes import encode_split
     from vqgen.data import Split
     from vqgen.device import resolve_device
     from vqgen.metrics import perplexity
+    from vqgen.passes import split_pass
 
     dev = resolve_device(device)
     model, config = load_autoencoder(run, dev)
@@ -158,9 +158,9 @@ def _plot_codebook(run: Path, n: int, device: str, data_root: str | None) -> lis
         dc.data_root = data_root
     test = dc.load().test
     images = test.images[:n]
-    codes = encode_split(model, Split(images, None), dev)[-1]  # (n, m, m), the bottom grid of a two-level model
+    # (K,) the bottom grid's, by the quantizer's own indices: the order of the codebook plotted beside them
+    counts = split_pass(model, Split(images, None), dev, decode=False).counts[-1]
     k = model.cfg.codebook_size
-    counts = torch.bincount(codes.flatten(), minlength=k).cpu()  # (K,)
     used = int((counts > 0).sum())
     ppl = perplexity(counts)
     with torch.no_grad():

@@ -24,7 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vqgen.choices import GRADS
 from vqgen.distributed import all_gather_rows, all_reduce_sum, broadcast_from_rank0, global_rows, rank_and_world
+from vqgen.errors import SettingError
 
 USAGE_DECAY = 0.99  # of the moving average of each code's share of the assignments (--restart-below)
 
@@ -145,12 +147,12 @@ class VectorQuantizer(Quantizer):
         restart_below: float = 0.0,
     ):
         super().__init__()
-        if grad not in ("ste", "rotation"):
-            raise ValueError(f"grad must be 'ste' or 'rotation', not {grad!r}")
+        if grad not in GRADS:
+            raise SettingError(f"--grad must be 'ste' or 'rotation', not {grad!r}")
         if lookup_dim < 0:
-            raise ValueError(f"lookup_dim must be >= 0 (0: the full dimension), not {lookup_dim}")
+            raise SettingError(f"--lookup-dim must be >= 0 (0: the full dimension), not {lookup_dim}")
         if not 0 <= restart_below < 1:
-            raise ValueError(f"--restart-below must be in [0, 1) (a share of the mean use), not {restart_below}")
+            raise SettingError(f"--restart-below must be in [0, 1) (a share of the mean use), not {restart_below}")
         self.codebook_size, self.dim = codebook_size, dim
         self.beta, self.commitment, self.grad = beta, commitment, grad
         self.restart_dead, self.kmeans_init = restart_dead, kmeans_init
@@ -353,7 +355,7 @@ class FSQ(Quantizer):
     def __init__(self, levels: list[int], dim: int):
         super().__init__()
         if not levels or any(level < 2 for level in levels):
-            raise ValueError(f"FSQ levels must be integers ≥ 2, got {levels}")
+            raise SettingError(f"--fsq-levels must be integers ≥ 2, got {levels}")
         self.levels_list = list(levels)
         self.codebook_size, self.dim = math.prod(levels), dim
         self.register_buffer("levels", torch.tensor(levels, dtype=torch.long), persistent=False)
@@ -431,8 +433,8 @@ def build_quantizer(
         return SimVQ(codebook_size, dim, diagonal=kind == "simvq-diag", beta=beta, **common)
     if kind == "fsq":
         if lookup_dim or cosine or restart_below:
-            raise ValueError(
+            raise SettingError(
                 "fsq has no codebook lookup: --lookup-dim, --cosine and --restart-below apply to vq, ema, simvq"
             )
         return FSQ(fsq_levels or [8, 8, 8], dim)
-    raise ValueError(f"unknown quantizer {kind!r}; choose vq, ema, simvq, simvq-diag or fsq")
+    raise SettingError(f"unknown --quantizer {kind!r}; choose vq, ema, simvq, simvq-diag or fsq")

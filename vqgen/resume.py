@@ -16,7 +16,7 @@ from vqgen.limits import MAX_STEPS
 
 
 class Averaged(Protocol):
-    """What the state keeps of a weight average (vqgen.train.WeightAverage)."""
+    """What the state keeps of a weight average (vqgen.averaging.WeightAverage)."""
 
     def state_tensors(self) -> dict[str, torch.Tensor]: ...
 

@@ -35,38 +35,30 @@ class SamplingOptions:
     seed: int = 0
     use_cache: bool = True
     guidance: float | None = None  # None: the scale recorded in the prior's config.json (else no guidance)
-    from_python: bool = False  # errors name the Python argument (top_k), not the flag (--top-k)
-
-    def name(self, flag: str) -> str:
-        """How errors name a setting: the flag (--top-k), or for Python callers the argument (top_k)."""
-        return flag.removeprefix("--").replace("-", "_") if self.from_python else flag
 
     def check(self) -> None:
         """Every setting that does not depend on the prior, checked before anything is loaded."""
-        name = self.name
-        check_count(self.batch_size, name("--batch-size"), MAX_BATCH)
+        check_count(self.batch_size, "--batch-size", MAX_BATCH)
         if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
-            raise VQGenError(f"{name('--seed')} must be an integer from 0 to {2**32 - 1}, not {self.seed!r:.40}")
+            raise VQGenError(f"--seed must be an integer from 0 to {2**32 - 1}, not {self.seed!r:.40}")
         numbers_ = (("--temperature", self.temperature), ("--top-p", self.top_p), ("--guidance", self.guidance))
         for flag, value in numbers_:
             optional = flag != "--temperature"
             if not (value is None and optional) and (not isinstance(value, numbers.Real) or isinstance(value, bool)):
-                raise VQGenError(f"{name(flag)} must be a number, not {value!r:.40}")
+                raise VQGenError(f"{flag} must be a number, not {value!r:.40}")
         if self.top_k is not None and not _is_int(self.top_k):
-            raise VQGenError(f"{name('--top-k')} must be an integer, not {self.top_k!r:.40}")
+            raise VQGenError(f"--top-k must be an integer, not {self.top_k!r:.40}")
         if self.guidance is not None and not (self.guidance >= 0 and math.isfinite(self.guidance)):
-            raise VQGenError(
-                f"{name('--guidance')} must be a number >= 0 (1 = plain conditional sampling), not {self.guidance}"
-            )
+            raise VQGenError(f"--guidance must be a number >= 0 (1 = plain conditional sampling), not {self.guidance}")
         if not self.temperature > 0:
-            raise VQGenError(f"{name('--temperature')} must be > 0, not {self.temperature}")
+            raise VQGenError(f"--temperature must be > 0, not {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise VQGenError(f"{name('--top-p')} must be in (0, 1], not {self.top_p}")
+            raise VQGenError(f"--top-p must be in (0, 1], not {self.top_p}")
 
     def validate(self, codebook_size: int) -> None:
         self.check()
         if self.top_k is not None and not 1 <= self.top_k <= codebook_size:
-            raise VQGenError(f"{self.name('--top-k')} must be between 1 and K={codebook_size}, not {self.top_k}")
+            raise VQGenError(f"--top-k must be between 1 and K={codebook_size}, not {self.top_k}")
 
 
 @dataclass
@@ -158,8 +150,8 @@ class Pipeline:
         use_cache: bool = True,
     ) -> list[torch.Tensor]:
         """The code grids `generate` decodes, one int64 (n, m_l, m_l) per level, top first."""
-        check_count(n, "n")
-        opts = SamplingOptions(temperature, top_k, top_p, batch_size, seed, use_cache, guidance, from_python=True)
+        check_count(n, "--n")
+        opts = SamplingOptions(temperature, top_k, top_p, batch_size, seed, use_cache, guidance)
         opts.validate(self.prior.cfg.codebook_size)
         labels, _ = resolve_classes(self, class_args(classes), n, seed)
         return sample_levels(self, n, labels, opts)
@@ -193,7 +185,7 @@ class Pipeline:
         """Keep the first `keep_rows` rows of each image's codes (the top grid's, two-level) and sample the rest n
         times: images (I, C, H, W), uint8 or float in [-1, 1] → uint8 completions (I, n, C, H, W); writes nothing.
         The same arguments give the completions `vqgen complete` draws."""
-        opts = SamplingOptions(temperature, top_k, top_p, seed=seed, guidance=guidance, from_python=True)
+        opts = SamplingOptions(temperature, top_k, top_p, seed=seed, guidance=guidance)
         _, completed = complete_levels(self, images, keep_rows, n, opts, None if label is None else str(label))
         return self.decode(completed).view(len(images), n, *images.shape[1:])
 

@@ -3,16 +3,14 @@
 A stage is a `Task`: it owns the model and the data, and says what one step computes, what a log window reports
 and what an evaluation measures. `fit` does everything else: the optimizer and its schedule, the progress bar,
 metrics.jsonl, periodic and signal-triggered checkpoints, exact resumption, NaN detection and torch.distributed,
-with the device and precision choice from vqgen.device, the process group and its collectives from
-vqgen.distributed and the saved training state from vqgen.resume.
+with the device and precision choice from vqgen.device (timed for the task by vqgen.probe), the process group and
+its collectives from vqgen.distributed, the saved training state from vqgen.resume and the weight average from
+vqgen.averaging.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import hashlib
-import json
 import math
 import signal
 import time
@@ -24,11 +22,11 @@ import torch
 import torch.nn as nn
 
 from vqgen import checkpoint as ckpt
+from vqgen.averaging import WeightAverage, maybe_applied
+from vqgen.choices import Precision
 from vqgen.device import (
-    PrecisionChoice,
     auto_is_measured,
     autocast,
-    measure_cpu_precision,
     resolve_device,
     resolve_precision,
 )
@@ -42,6 +40,7 @@ from vqgen.distributed import (
 )
 from vqgen.errors import TrainingInterrupted, VQGenError
 from vqgen.limits import MAX_STEPS
+from vqgen.probe import measured_precision, record_precision
 from vqgen.progress import make_progress
 from vqgen.resume import load_state, optimizer_tensors, save_state
 
@@ -64,7 +63,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate only at the end
     save_every: int = 500
     device: str = "auto"
-    precision: str = "auto"  # resolved before training starts (setup_device, else fit), and so in config.json
+    precision: Precision = "auto"  # resolved before training starts (setup_device, else fit), and so in config.json
     compile: bool = False
 
     def to_dict(self) -> dict:
@@ -159,7 +158,7 @@ def seed_everything(seed: int) -> None:
 def setup_device(cfg: TrainConfig, network: str) -> tuple[torch.device, DistInfo]:
     """The device (this rank's GPU under torchrun) and the process group; `cfg.precision` becomes the one that runs
     (`auto` resolved for `network`, see auto_precision), so that config.json records it and a resume repeats it. On a
-    CPU with native bf16 `auto` stays until fit has timed the network (see _measured_precision)."""
+    CPU with native bf16 `auto` stays until fit has timed the network (see vqgen.probe.measured_precision)."""
     device = resolve_device(cfg.device)
     if not auto_is_measured(cfg.precision, device):
         cfg.precision = resolve_precision(cfg.precision, device, network)
@@ -225,65 +224,6 @@ class Task:
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-# ----------------------------------------------------------------------------------------------- weight average
-
-
-class WeightAverage:
-    """An exponential moving average of a model's parameters, for evaluation, previews, sampling and the saved model.
-
-    After the update of step t (0-based) every average moves as avg ← d·avg + (1 − d)·θ with
-    d = min(decay, (1 + t) / (10 + t)): the ramp keeps the first steps from pinning the average to the random
-    initialisation. Buffers (an EMA codebook, usage counters) are not averaged: the model's own are used.
-    """
-
-    def __init__(self, model: nn.Module, decay: float):
-        if not 0.0 < decay < 1.0:
-            raise VQGenError(f"--ema-weights must be a decay in (0, 1), e.g. 0.999, or 0 for none; not {decay}")
-        self.decay = decay
-        self.names = [name for name, p in model.named_parameters() if p.requires_grad]
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.averages = [p.detach().clone() for p in self.params]
-
-    def decay_at(self, step: int) -> float:
-        return min(self.decay, (1 + step) / (10 + step))
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        torch._foreach_lerp_(self.averages, [p.detach() for p in self.params], 1.0 - self.decay_at(step))
-
-    @contextlib.contextmanager
-    def applied(self):
-        """Swap the averages into the model's parameters for the duration (and the trained weights back after)."""
-        with torch.no_grad():
-            for p, a in zip(self.params, self.averages, strict=True):
-                p.data, a.data = a.data, p.data
-            try:
-                yield
-            finally:
-                for p, a in zip(self.params, self.averages, strict=True):
-                    p.data, a.data = a.data, p.data
-
-    @torch.no_grad()
-    def copy_to_model(self) -> None:
-        for p, a in zip(self.params, self.averages, strict=True):
-            p.copy_(a)
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"ema.{name}": a for name, a in zip(self.names, self.averages, strict=True)}
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor], where: Path) -> None:
-        missing = [n for n in self.names if f"ema.{n}" not in tensors]
-        if missing:
-            raise VQGenError(f"'{where}' holds no weight average ({missing[0]}); resume without --ema-weights")
-        with torch.no_grad():
-            for name, a in zip(self.names, self.averages, strict=True):
-                a.copy_(tensors[f"ema.{name}"])
-
-
-def _maybe_applied(average: WeightAverage | None):
-    return average.applied() if average is not None else contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -408,10 +348,10 @@ def fit(
         start_step = int(meta["step"])
     measured = None
     if auto_is_measured(cfg.precision, device):  # a resumed run has its precision already: it is not measured again
-        measured = _measured_precision(task, order, device, dist_info.is_main)
+        measured = measured_precision(task, order, device, dist_info.is_main)
         cfg.precision = measured.precision
         if dist_info.is_main:
-            _record_precision(run_dir, measured)
+            record_precision(run_dir, measured)
     cfg.precision = resolve_precision(cfg.precision, device, task.network)
     if console is not None and dist_info.is_main:
         threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
@@ -478,11 +418,11 @@ def fit(
     def checkpoint(step: int) -> None:
         nonlocal run_dir, saved_step
         check_finite(step)
-        with _maybe_applied(average):
+        with maybe_applied(average):
             task.before_save()  # on every rank, so that all keep the same model
         if main:
             save_state(run_dir, model, opt, order, step, {"total": total}, average, task)
-            with _maybe_applied(average):
+            with maybe_applied(average):
                 ckpt.save_tensors(run_dir / ckpt.WEIGHTS, model.state_dict())
         saved_step = step
         if on_saved is not None:
@@ -573,67 +513,6 @@ def fit(
     return results
 
 
-def _measured_precision(task: Task, order, device: torch.device, main: bool) -> PrecisionChoice:
-    """`--precision auto` on a CPU with native bf16: the faster of fp32 and bf16 for this network and batch, cached
-    per CPU model (vqgen.device.measure_cpu_precision). The passes run on copies of the task's networks, on this
-    rank's share of a batch of the first training rows, with the random state restored after: the run itself is
-    the same whichever precision the measurement picks."""
-    share = order.batch_size // order.world_size
-    rows = torch.arange(order.rank * share, (order.rank + 1) * share)
-    probe: Task | None = None
-
-    def step(precision: str) -> None:
-        nonlocal probe
-        if probe is None:
-            probe = _probe_task(task)
-            probe.model.train()
-        with autocast(device, precision):
-            loss, _ = probe.step(probe.model, rows)
-        probe.model.zero_grad(set_to_none=True)
-        loss.backward()
-
-    with torch.random.fork_rng(devices=[]):
-        return measure_cpu_precision(_precision_key(task, share), step, main=main, agree=broadcast_object)
-
-
-def _holds_network(value: object) -> bool:
-    if isinstance(value, nn.Module):
-        return True
-    inner = getattr(value, "__dict__", None)
-    return isinstance(inner, dict) and any(isinstance(v, (nn.Module, torch.optim.Optimizer)) for v in inner.values())
-
-
-def _probe_task(task: Task) -> Task:
-    """A copy of `task` whose networks (its model, and anything else holding one, as a discriminator) are copies of
-    their own, so that timing its steps changes nothing of the run's (weights, buffers, counters); data is shared."""
-    probe = copy.copy(task)
-    memo: dict = {}
-    for name, value in vars(task).items():
-        if name == "model" or _holds_network(value):
-            setattr(probe, name, copy.deepcopy(value, memo))
-    return probe
-
-
-def _precision_key(task: Task, batch: int) -> str:
-    """What a measured precision holds for: the task, its network's settings and shapes, the batch, the threads."""
-    model = task.model
-    settings = model.cfg.to_dict() if hasattr(getattr(model, "cfg", None), "to_dict") else None
-    shapes = [(name, list(p.shape)) for name, p in model.named_parameters()]
-    others = sorted(name for name, value in vars(task).items() if name != "model" and _holds_network(value))
-    blob = json.dumps([type(model).__name__, settings, shapes, others], sort_keys=True, default=str)
-    digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
-    return f"{task.kind} {task.network} {digest}, batch {batch}, {torch.get_num_threads()} threads"
-
-
-def _record_precision(run_dir: Path, choice: PrecisionChoice) -> None:
-    """The measured precision and its figures, in the train section of the run's config.json (where there is one)."""
-    if not (run_dir / ckpt.CONFIG).exists():
-        return
-    config = ckpt.read_config(run_dir)
-    config["train"] = {**config.get("train", {}), "precision": choice.precision, "precision_auto": choice.record()}
-    ckpt.save_json(run_dir / ckpt.CONFIG, config)
-
-
 def _budget_steps(
     budget: float,
     loss: torch.Tensor,
@@ -678,7 +557,7 @@ def _evaluate(
     if main:
         model.eval()
         try:
-            with _maybe_applied(average):
+            with maybe_applied(average):
                 results = task.evaluate(model, final)
                 task.preview(model, run_dir, step)
             if average is not None and final:

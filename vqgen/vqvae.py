@@ -9,12 +9,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vqgen.choices import FACTOR_BY, GRADS, QUANTIZERS, FactorBy, Grad, Quantizer
 from vqgen.data import to_float
+from vqgen.errors import SettingError
 from vqgen.factorise import balanced_order, check_factors, fsq_factor_groups
 from vqgen.limits import MAX_CODEBOOK, MAX_PARAMETERS
 from vqgen.quantize import QuantizerOutput, build_quantizer
 
-QUANTIZERS = ("vq", "ema", "simvq", "simvq-diag", "fsq")
 # Upper bounds keep a damaged or hostile config.json from asking for an absurd allocation.
 _SIZE_BOUNDS = {
     "image_size": 8192,
@@ -38,11 +39,11 @@ class AEConfig:
     downsample: int = 4
     embed_dim: int = 64
     codebook_size: int = 512
-    quantizer: str = "ema"
+    quantizer: Quantizer = "ema"
     beta: float = 1.0  # weight of the codebook loss ‖q − sg[z]‖² (vq, simvq)
     commitment: float = 0.25  # weight γ of the commitment loss ‖z − sg[q]‖²
     decay: float = 0.99  # EMA decay
-    grad: str = "ste"
+    grad: Grad = "ste"
     restart_dead: int = 50
     restart_below: float = 0.0  # also restart a code whose moving-average use falls below this share of the mean
     kmeans_init: bool = True
@@ -54,65 +55,67 @@ class AEConfig:
     code_factors: list[int] = field(default_factory=list)
     # how codes become sub-tokens: "levels" (fsq's levels in groups) or "kmeans" (the codebook renumbered by balanced
     # k-means after training, two sub-tokens); None: levels for fsq, kmeans for the learnt codebooks
-    factor_by: str | None = None
+    factor_by: FactorBy | None = None
 
     def __post_init__(self) -> None:
         for name, upper in _SIZE_BOUNDS.items():
             value = getattr(self, name)
             lower = 0 if name == "res_blocks" else 1
             if not _is_int(value) or not lower <= value <= upper:
-                raise ValueError(f"{name} must be an integer in [{lower}, {upper}], not {_short(value)}")
+                raise SettingError(f"{_flag(name)} must be an integer in [{lower}, {upper}], not {_short(value)}")
         for name in ("lookup_dim", "restart_dead", "levels", "downsample"):
             if not _is_int(getattr(self, name)):
-                raise ValueError(f"{name} must be an integer, not {_short(getattr(self, name))}")
+                raise SettingError(f"{_flag(name)} must be an integer, not {_short(getattr(self, name))}")
         for name in ("beta", "commitment", "decay", "restart_below"):
             value = getattr(self, name)
             if not _is_int(value) and not isinstance(value, float) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, not {_short(value)}")
+                raise SettingError(f"{_flag(name)} must be a finite number, not {_short(value)}")
         for name in ("kmeans_init", "cosine"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, not {_short(getattr(self, name))}")
+                raise SettingError(f"{_flag(name)} must be true or false, not {_short(getattr(self, name))}")
         for name in ("quantizer", "grad"):
             if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a string, not {_short(getattr(self, name))}")
+                raise SettingError(f"{_flag(name)} must be a string, not {_short(getattr(self, name))}")
         if self.downsample not in (2, 4, 8, 16):
-            raise ValueError(f"downsample must be 2, 4, 8 or 16, not {self.downsample}")
+            raise SettingError(f"--downsample must be 2, 4, 8 or 16, not {self.downsample}")
         if self.levels not in (1, 2):
-            raise ValueError(f"--levels must be 1 or 2, not {self.levels}")
+            raise SettingError(f"--levels must be 1 or 2, not {self.levels}")
         if self.quantizer not in QUANTIZERS:
-            raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}, not {self.quantizer!r}")
+            raise SettingError(f"--quantizer must be one of {', '.join(QUANTIZERS)}, not {self.quantizer!r}")
+        if self.grad not in GRADS:
+            raise SettingError(f"--grad must be one of {', '.join(GRADS)}, not {self.grad!r}")
         if not 0 <= self.restart_below < 1:
-            raise ValueError(f"--restart-below must be in [0, 1) (a share of the mean use), not {self.restart_below}")
+            raise SettingError(f"--restart-below must be in [0, 1) (a share of the mean use), not {self.restart_below}")
         if not 0 <= self.lookup_dim <= self.embed_dim:
-            raise ValueError(f"--lookup-dim must be in [0, --embed-dim {self.embed_dim}], not {self.lookup_dim}")
+            raise SettingError(f"--lookup-dim must be in [0, --embed-dim {self.embed_dim}], not {self.lookup_dim}")
         if self.quantizer == "fsq":
             if self.lookup_dim or self.cosine or self.restart_below:
-                raise ValueError(
+                raise SettingError(
                     "--lookup-dim, --cosine and --restart-below apply to vq, ema and simvq; fsq has no codebook lookup"
                 )
             self.fsq_levels = check_fsq_levels(self.fsq_levels)
             self.codebook_size = math.prod(self.fsq_levels)
         self.code_factors = check_factors(self.code_factors, self.codebook_size)
-        if self.factor_by not in (None, "levels", "kmeans"):
-            raise ValueError(f"factor_by must be levels or kmeans, not {_short(self.factor_by)}")
+        if self.factor_by is not None and self.factor_by not in FACTOR_BY:
+            raise SettingError(f"factor_by must be levels or kmeans, not {_short(self.factor_by)}")
         if self.factor_by == "levels" and self.quantizer != "fsq":
-            raise ValueError(f"only fsq codes factorise by levels; {self.quantizer} codes are renumbered (kmeans)")
+            raise SettingError(f"only fsq codes factorise by levels; {self.quantizer} codes are renumbered (kmeans)")
         grouped = self.renumbered or fsq_factor_groups(self.fsq_levels, self.code_factors) is not None
         if self.code_factors and not grouped:
-            raise ValueError(
+            raise SettingError(
                 f"fsq codes factorise into groups of levels, counted from the last level: {self.code_factors} are not "
                 f"products of contiguous groups of --fsq-levels {self.fsq_levels} (e.g. 8,8,8,6,5 → 240x64)"
             )
         if self.renumbered and len(self.code_factors) > 2:
-            raise ValueError(f"a renumbered codebook has two sub-tokens, not {self.code_factors}")
+            raise SettingError(f"a renumbered codebook has two sub-tokens, not {self.code_factors}")
         if self.grid_size < self.levels:
-            raise ValueError(
+            raise SettingError(
                 f"--image-size {self.image_size} with --downsample {self.downsample} leaves no code grid"
                 + (" at the top level" if self.levels == 2 else "")
             )
         parameters = estimate_parameters(self)
         if parameters > MAX_PARAMETERS:
-            raise ValueError(
+            raise SettingError(
                 f"this autoencoder would have about {parameters:,} parameters, over the limit of {MAX_PARAMETERS:,} "
                 "(4 GiB of fp32 weights): use a smaller --hidden, --res-hidden, --res-blocks, --embed-dim or "
                 "--codebook-size"
@@ -159,17 +162,22 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _flag(name: str) -> str:
+    """A field's option: lookup_dim → --lookup-dim (errors show the keyword to Python callers, vqgen.errors)."""
+    return "--" + name.replace("_", "-")
+
+
 def check_fsq_levels(levels: object) -> list[int]:
-    """fsq's levels as a list of integers ≥ 2 whose product K is within the codebook bound; else a ValueError."""
+    """fsq's levels as a list of integers ≥ 2 whose product K is within the codebook bound; else a SettingError."""
     limit = _SIZE_BOUNDS["codebook_size"]
     integers = isinstance(levels, (list, tuple)) and all(_is_int(v) for v in levels)
     if not integers or not 1 <= len(levels) <= MAX_FSQ_LEVELS or any(v < 2 for v in levels):
         shown = ",".join(map(str, levels)) if integers else _short(levels)
-        raise ValueError(
+        raise SettingError(
             f"--fsq-levels must be 1 to {MAX_FSQ_LEVELS} integers, each at least 2 (e.g. 8,8,8), not {shown or 'none'}"
         )
     if math.prod(levels) > limit:
-        raise ValueError(
+        raise SettingError(
             f"--fsq-levels {','.join(map(str, levels))} make K = {math.prod(levels):,} codes; their product must be "
             f"at most {limit:,} (the codebook size limit)"
         )
@@ -351,10 +359,15 @@ class VQVAE(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            vq, _ = self._quantize(self.encoder(x))
+            vq = self.quantize(x)
         finally:
             self.train(was_training)
         return self.code_grids(vq)
+
+    def quantize(self, x: torch.Tensor) -> QuantizerOutput:
+        """x (B, C, n, n) in [-1, 1] → the quantizer's output, without decoding (in training mode a quantizer
+        updates its codebook: encode_levels is the call that never does)."""
+        return self._quantize(self.encoder(x))[0]
 
     def code_grids(self, vq: QuantizerOutput) -> list[torch.Tensor]:
         """The quantizer's output → the code grid of each level, top first, in the numbers that encode gives and

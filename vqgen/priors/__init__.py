@@ -24,11 +24,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vqgen.choices import ARCHS, Arch
 from vqgen.distributed import shard_rand
 from vqgen.factorise import check_factors
 from vqgen.limits import MAX_CLASSES, MAX_CODEBOOK, MAX_GRID, MAX_PARAMETERS
 
-ARCHS = ("transformer", "pixelcnn")
 _ARCH_ALIASES = {"pixelatt": "transformer"}
 # The fields every saved prior config has had: without them a run's weights cannot be told apart.
 REQUIRED = ("arch", "codebook_size", "grid_size", "num_classes")
@@ -36,7 +36,7 @@ REQUIRED = ("arch", "codebook_size", "grid_size", "num_classes")
 
 @dataclass
 class PriorConfig:
-    arch: str = "transformer"  # "transformer" (PixelAtt) or "pixelcnn"
+    arch: Arch = "transformer"  # "transformer" (PixelAtt) or "pixelcnn"
     codebook_size: int = 512  # K: codes are integers in [0, K)
     grid_size: int = 7  # m: the prior models an m×m grid
     num_classes: int = 0  # 0 = unconditional; else labels 0..num_classes-1, and num_classes = null

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from vqgen import checkpoint as ckpt
+from vqgen.choices import LEVELS
 from vqgen.codes import CodesFile, load_codes
 from vqgen.data import iterate_batches
 from vqgen.distributed import on_main, owns_process_group
@@ -27,7 +28,6 @@ from vqgen.train import (
 )
 
 KIND = "prior"
-LEVELS = ("single", "top", "bottom")  # the one grid of a one-level autoencoder, or either of a two-level one's
 DEFAULT_CODES = "runs/codes.safetensors"
 LN2 = math.log(2)
 

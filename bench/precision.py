@@ -6,7 +6,7 @@ Speed: a 2048² `torch.mm` timed in each dtype (the machine's peak), then `train
 `train-prior` with each architecture on MNIST codes, each for --speed-steps steps in fp32 and in bf16; the img/s or
 codes/s is the mean over the log windows after the first. The FLOPs of one training step (torch's FlopCounterMode,
 forward and backward) times that rate give the achieved FLOP/s, set against the matmul peak of the same dtype.
-`--precision auto` (vqgen.train.auto_precision) follows these ratios: bf16 where it wins on this kind of CPU.
+`--precision auto` (vqgen.device.auto_precision) follows these ratios: bf16 where it wins on this kind of CPU.
 
 Quality (--quality ae, 6 minutes on 2 cores; --quality prior, about 40 for both architectures; both: the two): both
 stages at the default budgets on MNIST, in fp32 and in bf16 from the same seed: held-out PSNR of the autoencoder,

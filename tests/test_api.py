@@ -334,3 +334,4 @@ def test_errors_name_the_keyword_in_python_and_the_flag_on_the_command_line(in_t
     # a whole command in backticks is kept as typed; an option with another keyword takes that keyword
     text = "--class 3 is out of range; run `vqgen train-prior --level bottom` or pass --top-k"
     assert keyword_names(text) == "classes 3 is out of range; run `vqgen train-prior --level bottom` or pass top_k"
+    assert keyword_names("cannot read 'runs/--x' nor '--y'") == "cannot read 'runs/--x' nor '--y'"  # paths, values

@@ -1,5 +1,5 @@
 """The values each string setting may take: a Literal type (for type checkers and editors) and the tuple that
-run-time checks and --help texts read, one definition of each. Imports nothing heavy (vqgen.api uses it)."""
+run-time checks and error messages read, one definition of each. Imports nothing heavy (vqgen.api uses it)."""
 
 from __future__ import annotations
 

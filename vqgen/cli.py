@@ -404,7 +404,7 @@ def train_ae(
     """Train the VQ-VAE (stage one): images → m×m code grids → reconstructions.
 
     Writes config.json, model.safetensors, state.safetensors (for --resume), metrics.jsonl and recon.png
-    into --out, then prints held-out MSE, PSNR, codes used and perplexity.
+    into --out, then prints held-out MSE, PSNR, SSIM, codes used and perplexity.
     """
     from vqgen.api import train_autoencoder
     from vqgen.errors import VQGenError
@@ -977,10 +977,14 @@ def _system_error(e: BaseException) -> str | None:
 
 
 def main() -> None:
-    from vqgen.errors import flag_names
+    from vqgen.errors import VQGenError, flag_names
 
     with flag_names():  # errors name --flags here, keyword arguments for Python callers
-        _main()
+        try:
+            _main()
+        except VQGenError as e:  # only with --debug: its traceback, printed after this block, keeps the flags
+            e.keep_flags = True
+            raise
 
 
 def _main() -> None:

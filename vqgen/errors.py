@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _FLAG_NAMES = contextvars.ContextVar("vqgen_flag_names", default=False)
-_FLAG = re.compile(r"(?<![\w`-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+_FLAG = re.compile(r"(?<![\w`'/.-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")  # not inside a path or a quoted value
 # options whose Python keyword has another name than the flag's
-_KEYWORDS = {"class": "classes", "image": "images"}
+_KEYWORDS = {"class": "classes", "image": "images", "bottom-prior": "bottom"}
 
 
 def keyword_names(text: str) -> str:
@@ -41,7 +41,7 @@ class VQGenError(Exception):
 
     def __str__(self) -> str:
         text = super().__str__()
-        return text if _FLAG_NAMES.get() else keyword_names(text)
+        return text if _FLAG_NAMES.get() or getattr(self, "keep_flags", False) else keyword_names(text)
 
 
 class SettingError(VQGenError, ValueError):

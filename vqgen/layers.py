@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Literal
 
 import torch
 import torch.nn as nn
 
+from vqgen.choices import Quantizer as QuantizerKind
 from vqgen.quantize import Quantizer, QuantizerOutput, build_quantizer
-
-QuantizerKind = Literal["vq", "ema", "simvq", "simvq-diag", "fsq"]
 
 
 class VectorQuantize(nn.Module):

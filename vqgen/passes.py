@@ -73,8 +73,9 @@ def split_pass(
             else:
                 vq = model.quantize(x)
             counts += level_counts(vq)
-            for level, grid in zip(grids, model.code_grids(vq), strict=False):
-                level.append(grid.cpu())  # (B, m_l, m_l)
+            if codes:
+                for level, grid in zip(grids, model.code_grids(vq), strict=True):
+                    level.append(grid.cpu())  # (B, m_l, m_l)
             if task is not None:
                 progress.update(task, completed=stop)
     finally:

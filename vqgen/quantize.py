@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vqgen.choices import GRADS
+from vqgen.choices import GRADS, QUANTIZERS
 from vqgen.distributed import all_gather_rows, all_reduce_sum, broadcast_from_rank0, global_rows, rank_and_world
 from vqgen.errors import SettingError
 
@@ -148,7 +148,7 @@ class VectorQuantizer(Quantizer):
     ):
         super().__init__()
         if grad not in GRADS:
-            raise SettingError(f"--grad must be 'ste' or 'rotation', not {grad!r}")
+            raise SettingError(f"--grad must be one of {', '.join(GRADS)}, not {grad!r}")
         if lookup_dim < 0:
             raise SettingError(f"--lookup-dim must be >= 0 (0: the full dimension), not {lookup_dim}")
         if not 0 <= restart_below < 1:
@@ -437,4 +437,4 @@ def build_quantizer(
                 "fsq has no codebook lookup: --lookup-dim, --cosine and --restart-below apply to vq, ema, simvq"
             )
         return FSQ(fsq_levels or [8, 8, 8], dim)
-    raise SettingError(f"unknown --quantizer {kind!r}; choose vq, ema, simvq, simvq-diag or fsq")
+    raise SettingError(f"unknown --quantizer {kind!r}; choose one of {', '.join(QUANTIZERS)}")

@@ -65,17 +65,17 @@ class AEConfig:
                 raise SettingError(f"{_flag(name)} must be an integer in [{lower}, {upper}], not {_short(value)}")
         for name in ("lookup_dim", "restart_dead", "levels", "downsample"):
             if not _is_int(getattr(self, name)):
-                raise SettingError(f"{_flag(name)} must be an integer, not {_short(getattr(self, name))}")
+                raise SettingError(f"{name} must be an integer, not {_short(getattr(self, name))}")
         for name in ("beta", "commitment", "decay", "restart_below"):
             value = getattr(self, name)
             if not _is_int(value) and not isinstance(value, float) or not math.isfinite(value):
-                raise SettingError(f"{_flag(name)} must be a finite number, not {_short(value)}")
+                raise SettingError(f"{name} must be a finite number, not {_short(value)}")
         for name in ("kmeans_init", "cosine"):
             if not isinstance(getattr(self, name), bool):
-                raise SettingError(f"{_flag(name)} must be true or false, not {_short(getattr(self, name))}")
+                raise SettingError(f"{name} must be true or false, not {_short(getattr(self, name))}")
         for name in ("quantizer", "grad"):
             if not isinstance(getattr(self, name), str):
-                raise SettingError(f"{_flag(name)} must be a string, not {_short(getattr(self, name))}")
+                raise SettingError(f"{name} must be a string, not {_short(getattr(self, name))}")
         if self.downsample not in (2, 4, 8, 16):
             raise SettingError(f"--downsample must be 2, 4, 8 or 16, not {self.downsample}")
         if self.levels not in (1, 2):
@@ -163,8 +163,10 @@ def _short(value: object) -> str:
 
 
 def _flag(name: str) -> str:
-    """A field's option: lookup_dim → --lookup-dim (errors show the keyword to Python callers, vqgen.errors)."""
-    return "--" + name.replace("_", "-")
+    """A field's option: lookup_dim → --lookup-dim (errors show the keyword to Python callers, vqgen.errors); a
+    field no command has an option for keeps its name. Type errors name the field: only a config.json or Python
+    can give a setting of the wrong type."""
+    return name if name == "res_hidden" else "--" + name.replace("_", "-")
 
 
 def check_fsq_levels(levels: object) -> list[int]:

@@ -167,6 +167,12 @@ def test_complete_keeps_the_upper_codes(runs):
     kept = codes[0].repeat_interleave(3, dim=0)
     assert torch.equal(completed[0][:, :4], kept[:, :4]) and not torch.equal(completed[0], kept)
     assert torch.equal(pipe.decode(completed).view(2, 3, 3, 32, 32), completions)
+    # its --class is `label` here, and an error says so; sample's is `classes`
+    with pytest.raises(vqgen.VQGenError, match=r"^label 99 is out of range") as raised:
+        pipe.complete(images, keep_rows=4, n=1, label=99)
+    assert "classes" not in str(raised.value)
+    with pytest.raises(vqgen.VQGenError, match=r"^classes 99 is out of range"):
+        pipe.generate(1, classes=99)
 
 
 def test_readme_example_runs(runs, monkeypatch):
@@ -282,6 +288,19 @@ def test_a_prior_size_set_in_its_config_wins_over_the_preset(runs, in_tmp):
     train_prior(PriorConfig(n_layer=2, n_embd=32), TrainConfig(steps=2, batch_size=8), codes, "given")
     model = _config(in_tmp / "given")["model"]
     assert (model["n_layer"], model["n_embd"]) == (2, 32)
+
+
+def test_a_bad_prior_size_names_the_option_or_the_keyword_not_the_field(runs, in_tmp):
+    import vqgen
+
+    codes = runs / "runs/codes.safetensors"
+    with pytest.raises(vqgen.VQGenError, match=r"^width \(30\) must be divisible by heads \(4\)"):
+        vqgen.train_prior(codes=codes, out="prior", width=30, heads=4)
+    result = run_cli("train-prior", "--codes", codes, "--out", "prior", "--width", "30", "--heads", "4")
+    assert result.code != 0 and result.err.startswith("error: --width (30) must be divisible by --heads (4)")
+    result = run_cli("train-prior", "--codes", codes, "--out", "prior", "--class-dropout", "2")
+    assert result.code != 0 and result.err.startswith("error: --class-dropout must be a number in [0, 1]")
+    assert not (in_tmp / "prior").exists()
 
 
 def test_an_unknown_setting_is_an_error_that_names_it(in_tmp):

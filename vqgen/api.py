@@ -184,13 +184,13 @@ def train_prior(
     """
     values = _settings(train_prior, locals())
     from vqgen.errors import VQGenError
-    from vqgen.priors import PriorConfig
+    from vqgen.priors import PriorConfig, as_options
     from vqgen.priors.training import train_prior as train_in_folder
 
     try:
         prior = PriorConfig(arch=values["arch"], class_dropout=values["class_dropout"], dropout=values["dropout"])
     except ValueError as e:
-        raise VQGenError(str(e)) from e
+        raise VQGenError(as_options(str(e))) from e
     train = _train_config(values, weight_decay=values["weight_decay"])
     level = values["level"]
     out = values["out"] or ("runs/prior-bottom" if level == "bottom" else "runs/prior")

@@ -20,7 +20,7 @@ import torch
 
 from vqgen import checkpoint as ckpt
 from vqgen.data import to_uint8
-from vqgen.errors import VQGenError
+from vqgen.errors import VQGenError, renamed_keywords
 from vqgen.images import save_grid, save_image
 from vqgen.limits import MAX_BATCH, MAX_SAMPLES, check_count
 from vqgen.limits import is_int as _is_int
@@ -185,8 +185,9 @@ class Pipeline:
         """Keep the first `keep_rows` rows of each image's codes (the top grid's, two-level) and sample the rest n
         times: images (I, C, H, W), uint8 or float in [-1, 1] → uint8 completions (I, n, C, H, W); writes nothing.
         The same arguments give the completions `vqgen complete` draws."""
-        opts = SamplingOptions(temperature, top_k, top_p, seed=seed, guidance=guidance)
-        _, completed = complete_levels(self, images, keep_rows, n, opts, None if label is None else str(label))
+        with renamed_keywords(**{"class": "label"}):
+            opts = SamplingOptions(temperature, top_k, top_p, seed=seed, guidance=guidance)
+            _, completed = complete_levels(self, images, keep_rows, n, opts, None if label is None else str(label))
         return self.decode(completed).view(len(images), n, *images.shape[1:])
 
 

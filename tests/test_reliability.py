@@ -245,7 +245,7 @@ def test_bad_codes_files(in_tmp, trained):
     assert_clean_error(run_cli("train-prior", "--codes", "none.safetensors"), "vqgen encode")
     good = str(trained / "runs/codes.safetensors")
     bad_size = run_cli("train-prior", "--codes", good, "--width", "100", "--heads", "8", "--out", "bad-size")
-    assert_clean_error(bad_size, "divisible by n_head")
+    assert_clean_error(bad_size, "divisible by --heads")
     assert_clean_error(
         run_cli("train-prior", "--codes", good, "--batch-size", "0", "--out", "bad-batch"), "--batch-size"
     )

@@ -67,9 +67,10 @@ PRESETS = {
     # 0.1, 5,600 steps (15 min on the EPYC with tests beside it, 10 min on an Intel Xeon with AMX): 11.6 and 0.76
     # (9.8 and 0.77 on the Xeon), samples at 25.1 and 41.6% on the EPYC, the best samples measured.
     # K = 16384 (3,800 steps, feature matching 0.3) meets every reconstruction target of issue 13 (4.96, 0.87), but
-    # its prior's 16384-way output makes a prior step 3.5 times dearer than at K = 2048 (929 against 263 ms; the
-    # 3600 steps of stage two in 56 rather than 16 minutes, bench/prior_vocab.py), and its samples are unmeasured,
-    # so it is not the default.
+    # its prior's 16384-way output makes a prior step 3.5 times dearer than at K = 2048 (929 against 263 ms;
+    # bench/prior_vocab.py). As 128 × 128 sub-tokens (--code-factors 128x128) its step is 0.80 times the K = 2048
+    # one, but with the same 3,600 prior steps its samples are 36.8% of the asked class at 2.8× their floor against
+    # 41.6% at 2.2× (bench/factorised.py, docs/results.md "Factorised codes"), so the flat K = 2048 recipe stays.
     "cifar10": Preset(
         codebook_size=2048,
         ae_steps=5600,

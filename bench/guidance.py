@@ -71,24 +71,27 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="the prior's data set, as for vqgen train-ae --data")
+    parser.add_argument("--data", required=True, help="the prior's data set, as for vqgen train-ae --data (a path)")
     parser.add_argument("--prior", required=True, help="a finished class-conditional prior run (class dropout > 0)")
     parser.add_argument("--scales", default="1,1.25,1.5,2,3", help="guidance scales to evaluate")
     parser.add_argument("--n", type=int, default=5000, help="samples per scale (and held-out images)")
     parser.add_argument("--plot-only", action="store_true", help="redraw the plot from bench/results/ and stop")
     parser.add_argument("--name", help="the results file's and the plot's name (default: guidance-<data>)")
     args = parser.parse_args()
-    name = args.name or f"guidance-{args.data}"
+    name = args.name or f"guidance-{Path(args.data).stem}"
     if args.plot_only:
         figures = json.loads((REPO / "bench" / "results" / f"{name}.json").read_text())["figures"]
-        title = f"{args.data}: guidance sweep, n = {figures['n']} per scale"
+        title = f"{Path(args.data).stem}: guidance sweep, n = {figures['n']} per scale"
         plot(figures["scales"], REPO / "docs" / "img" / f"{name}.png", title)
         return
     command = f"python bench/guidance.py --data {args.data} --prior {args.prior} --scales {args.scales} --n {args.n}"
     command += f" --name {args.name}" if args.name else ""
     os.chdir(REPO)
     prior = Path(args.prior)
-    root = ["--data-root", os.path.relpath(SHARED)] if args.data != "shapes" else []
+    # a named set lives in the shared data; a file or folder is the path the autoencoder recorded, and a data root
+    # there would move the eval classifier's cache away from the one `vqgen eval` used before
+    named = args.data != "shapes" and not Path(args.data).exists()
+    root = ["--data-root", os.path.relpath(SHARED)] if named else []
     rows, commands = [], []
     for scale in [float(s) for s in args.scales.split(",")]:
         report, cmd = evaluate(prior, root, args.n, prior / f"eval-guidance-{scale:g}.json", "--guidance", str(scale))
@@ -98,7 +101,7 @@ def main() -> None:
     best = min(rows, key=lambda r: r["fid"])
     docs = Path("docs/img")
     docs.mkdir(parents=True, exist_ok=True)
-    plot(rows, docs / f"{name}.png", f"{args.data}: guidance sweep, n = {args.n} per scale")
+    plot(rows, docs / f"{name}.png", f"{Path(args.data).stem}: guidance sweep, n = {args.n} per scale")
     figures = {
         "data": args.data,
         "prior": str(prior),

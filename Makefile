@@ -85,6 +85,8 @@ bench: $(STAMP)
 	cp runs/bench/factorised-cifar10/samples-ema16384-128x128/grid.png docs/img/factorised-ema16384-128x128-samples.png
 	$(BIN)/python bench/guidance.py --data ../shared/datasets/CIFAR10/cifar10-train-40k.npz --prior runs/bench/factorised-cifar10-steps3600/prior-ema16384-128x128 --scales 3 --n 5000 --name guidance-cifar10-factorised
 	$(BIN)/python bench/guidance.py --data ../shared/datasets/CIFAR10/cifar10-train-40k.npz --prior runs/bench/factorised-cifar10-steps3600/prior-ema16384-128x128 --scales 2 --n 5000 --name guidance-cifar10-factorised-s2
+	$(BIN)/vqgen sample --prior runs/bench/factorised-cifar10-steps3600/prior-ema16384-128x128 --n 80 --class all --guidance 3 --out runs/bench/factorised-cifar10-steps3600/samples-guidance3
+	cp runs/bench/factorised-cifar10-steps3600/samples-guidance3/grid.png docs/img/factorised-ema16384-samples-guidance3.png
 	$(BIN)/python bench/guidance.py --data ../shared/datasets/CIFAR10/cifar10-train-40k.npz --prior runs/bench/factorised-cifar10/prior-ema16384-128x128 --scales 3 --n 5000 --name guidance-cifar10-factorised-15min
 	mkdir -p runs/bench/factorised-cifar10-steps2500 && cp -rp runs/bench/factorised-cifar10/ae-fsq-240x64 runs/bench/factorised-cifar10/codes-fsq-240x64.safetensors runs/bench/factorised-cifar10-steps2500/
 	$(BIN)/python bench/factorised.py --arms fsq-240x64 --default-ae-steps 3000 --ae-steps-of '' --prior-steps 2500 --n 5000 --name factorised-cifar10-steps2500 --reuse

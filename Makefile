@@ -87,6 +87,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/guidance.py --data ../shared/datasets/CIFAR10/cifar10-train-40k.npz --prior runs/bench/factorised-cifar10-steps3600/prior-ema16384-128x128 --scales 2 --n 5000 --name guidance-cifar10-factorised-s2
 	$(BIN)/vqgen sample --prior runs/bench/factorised-cifar10-steps3600/prior-ema16384-128x128 --n 80 --class all --guidance 3 --out runs/bench/factorised-cifar10-steps3600/samples-guidance3
 	cp runs/bench/factorised-cifar10-steps3600/samples-guidance3/grid.png docs/img/factorised-ema16384-samples-guidance3.png
+	$(BIN)/python bench/natural.py --steps 6000 --adversarial-steps 5600 --feature-matching 0.1 --prior --prior-extra '' --adversarial 0.2 --adversarial-start 1600 --variants adversarial --extra '--codebook-size 2048' --name natural-cifar10-k2048-avx2 --n 5000
+	$(BIN)/python bench/guidance.py --data ../shared/datasets/CIFAR10/cifar10-train-40k.npz --prior runs/bench/natural-cifar10-k2048-avx2/adversarial/prior --scales 2,3 --n 5000 --name guidance-cifar10-flat
+	$(BIN)/python bench/guidance.py --data ../shared/datasets/CIFAR10/cifar10-train-40k.npz --prior runs/bench/natural-cifar10-k2048-avx2/adversarial/prior --scales 4 --n 5000 --name guidance-cifar10-flat-s4
+	$(BIN)/python bench/guidance.py --data ../shared/datasets/CIFAR10/cifar10-train-40k.npz --prior runs/bench/natural-cifar10-k2048-avx2/adversarial/prior --scales 5 --n 5000 --name guidance-cifar10-flat-s5
+	for s in 3 4 5; do $(BIN)/vqgen sample --prior runs/bench/natural-cifar10-k2048-avx2/adversarial/prior --n 80 --class all --guidance $$s --out runs/bench/natural-cifar10-k2048-avx2/adversarial/samples-guidance$$s && cp runs/bench/natural-cifar10-k2048-avx2/adversarial/samples-guidance$$s/grid.png docs/img/cifar10-samples-guidance$$s.png || exit 1; done
+	$(BIN)/vqgen train-prior --codes runs/bench/natural-cifar10-k2048-avx2/adversarial/codes.safetensors --out runs/bench/natural-cifar10-k2048-avx2/adversarial/prior-15min --minutes 15 --force
+	$(BIN)/python bench/guidance.py --data ../shared/datasets/CIFAR10/cifar10-train-40k.npz --prior runs/bench/natural-cifar10-k2048-avx2/adversarial/prior-15min --scales 3 --n 5000 --name guidance-cifar10-flat-15min
 	$(BIN)/python bench/guidance.py --data ../shared/datasets/CIFAR10/cifar10-train-40k.npz --prior runs/bench/factorised-cifar10/prior-ema16384-128x128 --scales 3 --n 5000 --name guidance-cifar10-factorised-15min
 	mkdir -p runs/bench/factorised-cifar10-steps2500 && cp -rp runs/bench/factorised-cifar10/ae-fsq-240x64 runs/bench/factorised-cifar10/codes-fsq-240x64.safetensors runs/bench/factorised-cifar10-steps2500/
 	$(BIN)/python bench/factorised.py --arms fsq-240x64 --default-ae-steps 3000 --ae-steps-of '' --prior-steps 2500 --n 5000 --name factorised-cifar10-steps2500 --reuse
@@ -95,6 +102,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/levels.py --ae-minutes 8.0 --prior-minutes 8.0 --image-size 64 --n 5000 --classifier-steps 600 --arms one,two --name levels-64
 	$(BIN)/python bench/bigdata.py --images 20000 --small 5000 --size 128 --steps 20 --work /tmp/vqgen-bigdata
 	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000 --reuse --root runs/bench/tin20
+	$(BIN)/python bench/guidance.py --data ../shared/datasets/TinyImageNet20 --prior runs/bench/tin20/prior --scales 3 --n 5000 --name guidance-tinyimagenet20
+	$(BIN)/vqgen sample --prior runs/bench/tin20/prior --n 160 --class all --guidance 3 --out runs/bench/tin20/samples-guidance3
+	cp runs/bench/tin20/samples-guidance3/grid.png docs/img/folder-tinyimagenet20-samples-guidance3.png
 	$(BIN)/python bench/folders.py --data ../shared/datasets/Flowers64 --features-from ../shared/datasets/TinyImageNet20 --n 5000 --reuse
 	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000 --name folder-tinyimagenet20-grid16 --ae-options '--downsample 4 --minutes 15' --prior-options '--minutes 15'
 	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000 --name folder-tinyimagenet20-k16384 --ae-options '--codebook-size 16384 --code-factors 128x128 --minutes 15'

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +40,11 @@ class Measured:
     class_accuracy: float | None = None
     seconds: tuple[float, float] | None = None  # train-ae, train-prior wall seconds
     machine: str = ""
+    # guidance scale → (samples' distance, asked class) of the same prior: the recorded scale, and any of a sweep
+    by_guidance: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.by_guidance.setdefault(self.settings.get("guidance"), (self.samples_fid, self.class_accuracy))
 
 
 def _load(name: str) -> dict:
@@ -83,14 +88,15 @@ def _flags(command: str) -> dict:
     return {w[2:]: words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--")}
 
 
-def from_natural(name: str, variant: str = "adversarial") -> Measured:
-    """A bench/natural.py result: stage one with explicit flags, and the default prior on its codes."""
+def from_natural(name: str, variant: str = "adversarial", sweeps: tuple[str, ...] = ()) -> Measured:
+    """A bench/natural.py result: stage one with explicit flags, and the default prior on its codes; `sweeps` are
+    bench/guidance.py results on that same prior, which add the samples' figures at their scales."""
     data = _load(name)
     row = data["figures"]["variants"][variant]
     flags = _flags(row["commands"][0])
     prior = row.get("prior")
     prior_flags = _flags(prior["commands"][1]) if prior else {}
-    return Measured(
+    measured = Measured(
         source=f"bench/results/{name}.json",
         settings={
             "codebook_size": int(flags.get("codebook-size", 512)),
@@ -108,6 +114,17 @@ def from_natural(name: str, variant: str = "adversarial") -> Measured:
         seconds=(row["train_seconds"], prior["train_seconds"]) if prior else None,
         machine=_machine(data),
     )
+    return _with_sweeps(measured, prior_flags.get("out"), sweeps)
+
+
+def _with_sweeps(measured: Measured, prior: str | None, sweeps: tuple[str, ...]) -> Measured:
+    """`measured` with the samples' figures of bench/guidance.py results `sweeps` on its prior run folder `prior`."""
+    for sweep in sweeps:
+        fig = _load(sweep)["figures"]
+        if fig["prior"] != prior:
+            raise ValueError(f"{sweep}.json swept {fig['prior']}, not the prior of {measured.source}")
+        measured.by_guidance.update({s["guidance"]: (s["fid"], s["class_accuracy"]) for s in fig["scales"]})
+    return measured
 
 
 def from_factorised(name: str, arm: str) -> Measured:
@@ -136,12 +153,14 @@ def from_factorised(name: str, arm: str) -> Measured:
     )
 
 
-def from_folders(name: str) -> Measured:
-    """A bench/folders.py result: a folder through the four commands with no flag but --data."""
+def from_folders(name: str, sweeps: tuple[str, ...] = ()) -> Measured:
+    """A bench/folders.py result: a folder through the four commands with no flag but --data; `sweeps` as for
+    `from_natural`."""
     data = _load(name)
     fig = data["figures"]
     chosen = fig["chosen"]
-    return Measured(
+    prior = next(_flags(c)["out"] for c in fig["commands"] if c.startswith("vqgen train-prior"))
+    measured = Measured(
         source=f"bench/results/{name}.json",
         settings={
             "codebook_size": chosen["codebook_size"],
@@ -158,6 +177,7 @@ def from_folders(name: str) -> Measured:
         seconds=(fig["ae_seconds"], fig["prior_seconds"]),
         machine=_machine(data),
     )
+    return _with_sweeps(measured, prior, sweeps)
 
 
 # Which JSON measured which preset (keys of vqgen.presets.LISTED). Each is checked against the preset first.
@@ -165,8 +185,8 @@ MEASURED = {
     "shapes": lambda: from_datasets("dataset-shapes"),
     "mnist": lambda: from_datasets("dataset-mnist"),
     "plain": lambda: from_datasets("dataset-fashion-mnist"),
-    "cifar10": lambda: from_natural("natural-cifar10-k2048"),
-    "large": lambda: from_folders("folder-tinyimagenet20"),
+    "cifar10": lambda: from_natural("natural-cifar10-k2048-avx2", sweeps=("guidance-cifar10-flat",)),
+    "large": lambda: from_folders("folder-tinyimagenet20", sweeps=("guidance-tinyimagenet20",)),
 }
 
 
@@ -179,7 +199,7 @@ def matches(preset, m: Measured) -> tuple[bool, bool]:
             one = one and s[key] == getattr(preset, key)
     if "preset_flags_only" in s:
         one = one and s["preset_flags_only"] and preset.ae_adversarial == 0
-    two = one and s.get("guidance") == preset.prior_guidance
+    two = one and preset.prior_guidance in m.by_guidance
     if "prior_steps" in s:
         two = two and s["prior_steps"] == preset.prior_steps and s["prior_batch_size"] == preset.prior_batch_size
     if "prior_default" in s:
@@ -206,6 +226,7 @@ def table() -> str:
         except FileNotFoundError:  # no run of this preset yet
             m = None
         one, two = matches(preset, m) if m is not None else (False, False)
+        samples_fid, class_accuracy = m.by_guidance[preset.prior_guidance] if two else (None, None)
         cells = [
             label,
             stage_one_text(preset),
@@ -214,8 +235,8 @@ def table() -> str:
             str(preset.prior_guidance) if preset.prior_guidance else "none",
             f"{m.psnr:.2f} dB" if one else na,
             f"{m.recon_fid:.2f}" if one else na,
-            f"{m.samples_fid:.2f}" if two and m.samples_fid is not None else na,
-            f"{100 * m.class_accuracy:.1f}%" if two and m.class_accuracy is not None else na,
+            f"{samples_fid:.2f}" if two and samples_fid is not None else na,
+            f"{100 * class_accuracy:.1f}%" if two and class_accuracy is not None else na,
             f"{_minutes(m.seconds[0])} + {_minutes(m.seconds[1])}" if two and m.seconds else na,
             f"{m.machine}: [{Path(m.source).name}]({m.source})" if m is not None and one else "",
         ]

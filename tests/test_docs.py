@@ -38,7 +38,22 @@ def test_a_changed_preset_loses_its_figures(monkeypatch):
     module = _preset_table()
     monkeypatch.setitem(presets.PRESETS, "cifar10", replace(presets.PRESETS["cifar10"], codebook_size=16384))
     row = next(line for line in module.table().splitlines() if line.startswith("| CIFAR-10 "))
-    assert "K = 16,384" in row and "25.38" not in row and row.count("not measured") == 5
+    assert "K = 16,384" in row and "25.40" not in row and row.count("not measured") == 5
+
+
+def test_a_guidance_scale_shows_the_figures_measured_at_that_scale(monkeypatch):
+    from vqgen import presets
+
+    module = _preset_table()
+    cifar10 = presets.PRESETS["cifar10"]
+    swept = {}
+    for scale in (2.0, 2.5):  # 2 was swept on the preset's prior, 2.5 never was
+        monkeypatch.setitem(presets.PRESETS, "cifar10", replace(cifar10, prior_guidance=scale))
+        swept[scale] = next(line for line in module.table().splitlines() if line.startswith("| CIFAR-10 "))
+    fig = json.loads((REPO / "bench" / "results" / "guidance-cifar10-flat.json").read_text())["figures"]
+    at_two = next(s for s in fig["scales"] if s["guidance"] == 2.0)
+    assert f"{at_two['fid']:.2f}" in swept[2.0] and f"{100 * at_two['class_accuracy']:.1f}%" in swept[2.0]
+    assert swept[2.5].count("not measured") == 3 and "dB" in swept[2.5]
 
 
 def test_every_cited_json_exists_and_records_its_command_and_machine():

@@ -103,6 +103,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bigdata.py --images 20000 --small 5000 --size 128 --steps 20 --work /tmp/vqgen-bigdata
 	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000 --reuse --root runs/bench/tin20
 	$(BIN)/python bench/guidance.py --data ../shared/datasets/TinyImageNet20 --prior runs/bench/tin20/prior --scales 3 --n 5000 --name guidance-tinyimagenet20
+	$(BIN)/python bench/guidance.py --data ../shared/datasets/TinyImageNet20 --prior runs/bench/tin20/prior --scales 2,4 --n 5000 --name guidance-tinyimagenet20-s2-4
 	$(BIN)/vqgen sample --prior runs/bench/tin20/prior --n 160 --class all --guidance 3 --out runs/bench/tin20/samples-guidance3
 	cp runs/bench/tin20/samples-guidance3/grid.png docs/img/folder-tinyimagenet20-samples-guidance3.png
 	$(BIN)/python bench/folders.py --data ../shared/datasets/Flowers64 --features-from ../shared/datasets/TinyImageNet20 --n 5000 --reuse

@@ -31,7 +31,8 @@ class Preset:
     ae_adversarial_start: int = 0
     ae_feature_matching: float = 0.0
     # Stage two: a 4 × 128 Transformer; the weight average lowers held-out bits; the guidance scale is the one with
-    # the lowest Fréchet distance in bench/guidance.py.
+    # the lowest Fréchet distance in bench/guidance.py, unless that distance falls past the reconstructions' floor
+    # (CIFAR-10 and larger images: then the scale that reaches the floor).
     transformer_layers: int = 4
     transformer_width: int = 128
     prior_steps: int = 3600
@@ -110,9 +111,6 @@ LARGE_IMAGE_STEP_RATIO = 1.93
 # Stage two at n > 32 pixels sees CIFAR-10's 8×8 grid; these steps of the flat K = 2048 prior fill 15 minutes on the
 # slowest 2-core machine measured (docs/results.md, "Your own images").
 LARGE_IMAGE_PRIOR_STEPS = 1300
-# Guidance at n > 32 pixels: CIFAR-10's 3, at which TinyImageNet20's samples reach their reconstructions' distance
-# and class, as CIFAR-10's do (docs/results.md, "Your own images").
-LARGE_IMAGE_GUIDANCE = 3.0
 
 
 def grid_downsample(image_size: int) -> int:
@@ -126,7 +124,9 @@ def sized_preset(image_size: int) -> Preset:
     """The real-data recipe for n×n images of a folder or array file: up to 32 pixels the plain one (4× downsampling);
     larger images keep an 8×8 grid (`grid_downsample`), so stage two costs what it costs at 32 pixels, and take
     CIFAR-10's codebook, with fewer steps in proportion to the pixels and no discriminator (with it a step at 64 pixels
-    costs about six without it), so that each stage keeps to about 15 minutes."""
+    costs about six without it), so that each stage keeps to about 15 minutes. CIFAR-10's guidance 3 serves them too:
+    there TinyImageNet20's samples reach their reconstructions' distance and class (docs/results.md, "Your own
+    images")."""
     base = Preset()
     if image_size <= 32:
         return base
@@ -141,7 +141,6 @@ def sized_preset(image_size: int) -> Preset:
         ae_adversarial_start=0,
         ae_feature_matching=0.0,
         prior_steps=LARGE_IMAGE_PRIOR_STEPS,
-        prior_guidance=LARGE_IMAGE_GUIDANCE,
     )
 
 

@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
 # Every JSON in bench/results/, rebuilt by the line that made it (tests/test_docs.py checks that each JSON's command is
-# here), in an order where a line's input runs come from an earlier line: 17 to 18 hours on 2 cores, 14 h 15 min of it
+# here), in an order where a line's input runs come from an earlier line: 19 to 20 hours on 2 cores, about 16 h of it
 # the stage times the JSONs record and the rest estimated (docs/benchmarks.md#rebuilding-these-numbers). A command
 # that leaves a setting to the defaults runs with today's defaults, which may differ from those of the JSON's time.
 bench: $(STAMP)

@@ -101,14 +101,19 @@ bench: $(STAMP)
 	cp runs/bench/factorised-cifar10/samples-fsq-240x64/grid.png docs/img/factorised-fsq-240x64-samples.png
 	$(BIN)/python bench/levels.py --ae-minutes 8.0 --prior-minutes 8.0 --image-size 64 --n 5000 --classifier-steps 600 --arms one,two --name levels-64
 	$(BIN)/python bench/bigdata.py --images 20000 --small 5000 --size 128 --steps 20 --work /tmp/vqgen-bigdata
-	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000 --reuse --root runs/bench/tin20
-	$(BIN)/python bench/guidance.py --data ../shared/datasets/TinyImageNet20 --prior runs/bench/tin20/prior --scales 3 --n 5000 --name guidance-tinyimagenet20
-	$(BIN)/python bench/guidance.py --data ../shared/datasets/TinyImageNet20 --prior runs/bench/tin20/prior --scales 2,4 --n 5000 --name guidance-tinyimagenet20-s2-4
+	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000 --reuse --root runs/bench/tin20 --name folder-tinyimagenet20-grid8 --ae-options '--downsample 8 --codebook-size 2048 --steps 2700 --adversarial 0' --prior-options '--steps 1300'
+	$(BIN)/python bench/guidance.py --data ../shared/datasets/TinyImageNet20 --prior runs/bench/tin20/prior --scales 3 --n 5000 --name guidance-tinyimagenet20-grid8
+	$(BIN)/python bench/guidance.py --data ../shared/datasets/TinyImageNet20 --prior runs/bench/tin20/prior --scales 2,4 --n 5000 --name guidance-tinyimagenet20-grid8-s2-4
 	$(BIN)/vqgen sample --prior runs/bench/tin20/prior --n 160 --class all --guidance 3 --out runs/bench/tin20/samples-guidance3
-	cp runs/bench/tin20/samples-guidance3/grid.png docs/img/folder-tinyimagenet20-samples-guidance3.png
+	cp runs/bench/tin20/samples-guidance3/grid.png docs/img/folder-tinyimagenet20-grid8-samples-guidance3.png
+	$(BIN)/python bench/folders.py --data ../shared/datasets/Flowers64 --features-from ../shared/datasets/TinyImageNet20 --n 5000 --reuse --root runs/bench/flowers64-grid8 --name folder-flowers64-grid8 --ae-options '--downsample 8 --codebook-size 2048 --steps 2700 --adversarial 0' --prior-options '--steps 1300'
+	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000 --name folder-tinyimagenet20-grid16 --ae-options '--downsample 4 --codebook-size 2048 --minutes 15' --prior-options '--patch 1 --minutes 15'
+	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000 --name folder-tinyimagenet20-k16384 --ae-options '--downsample 8 --codebook-size 16384 --code-factors 128x128 --minutes 15' --prior-options '--steps 1300'
+	# the size rule's present recipe above 32 pixels (a 16×16 grid read as 2×2 patches): first given minutes, then with no flag
+	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000 --reuse --name folder-tinyimagenet20-patch --ae-options '--downsample 4 --codebook-size 512 --minutes 15' --prior-options '--patch 2 --minutes 15'
+	$(BIN)/python bench/guidance.py --data ../shared/datasets/TinyImageNet20 --prior runs/bench/folder-tinyimagenet20-patch/prior --scales 1.5,2 --n 5000 --name guidance-tinyimagenet20-patch
+	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000 --reuse
 	$(BIN)/python bench/folders.py --data ../shared/datasets/Flowers64 --features-from ../shared/datasets/TinyImageNet20 --n 5000 --reuse
-	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000 --name folder-tinyimagenet20-grid16 --ae-options '--downsample 4 --minutes 15' --prior-options '--minutes 15'
-	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000 --name folder-tinyimagenet20-k16384 --ae-options '--codebook-size 16384 --code-factors 128x128 --minutes 15'
 	# beside vector-quantize-pytorch (a benchmark extra): the present MNIST preset, then the previous one
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/vs_vqtorch.py --data mnist --restart-below 0.3

@@ -20,12 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 
 try:
-    from vqgen.presets import LISTED, adversarial_text, listed_preset, stage_one_text, stage_two_text
+    from vqgen.presets import LISTED, adversarial_text, listed_patch, listed_preset, stage_one_text, stage_two_text
 except ImportError:  # run from a checkout without `pip install -e .`
     import sys
 
     sys.path.insert(0, str(REPO))
-    from vqgen.presets import LISTED, adversarial_text, listed_preset, stage_one_text, stage_two_text
+    from vqgen.presets import LISTED, adversarial_text, listed_patch, listed_preset, stage_one_text, stage_two_text
 
 
 @dataclass
@@ -186,7 +186,7 @@ MEASURED = {
     "mnist": lambda: from_datasets("dataset-mnist"),
     "plain": lambda: from_datasets("dataset-fashion-mnist"),
     "cifar10": lambda: from_natural("natural-cifar10-k2048-avx2", sweeps=("guidance-cifar10-flat",)),
-    "large": lambda: from_folders("folder-tinyimagenet20", sweeps=("guidance-tinyimagenet20",)),
+    "large": lambda: from_folders("folder-tinyimagenet20"),
 }
 
 
@@ -231,7 +231,7 @@ def table() -> str:
             label,
             stage_one_text(preset),
             adversarial_text(preset),
-            stage_two_text(preset),
+            stage_two_text(preset, listed_patch(key)),
             str(preset.prior_guidance) if preset.prior_guidance else "none",
             f"{m.psnr:.2f} dB" if one else na,
             f"{m.recon_fid:.2f}" if one else na,

@@ -106,6 +106,8 @@ def test_usage_documents_every_option_of_every_command():
 
 # JSONs whose recorded command does not rebuild them as it stands, each with the `make bench` line that does; every
 # other JSON's own command must be a line of the target. docs/benchmarks.md ("Rebuilding these numbers") lists them.
+TIN20 = "../shared/datasets/TinyImageNet20"
+GRID8 = "--ae-options '--downsample 8 --codebook-size 2048 --steps 2700 --adversarial 0' --prior-options '--steps 1300'"
 REBUILT_BY_ANOTHER_LINE = {
     # ae_quantizers.py's old recorder wrote `--extra --cosine`, which argparse reads as an option; it now writes `=`
     "lookup-cosine.json": "python bench/ae_quantizers.py --steps 3000 --quantizers ema --extra=--cosine"
@@ -124,6 +126,24 @@ REBUILT_BY_ANOTHER_LINE = {
     " --scales 1,1.25,1.5,2,3 --n 5000 --name guidance-mnist-4500-steps",
     "vs_vqtorch-mnist-3000.json": "python bench/vs_vqtorch.py --data mnist --steps 3000 --codebook-size 512"
     " --ema-weights 0 --name vs_vqtorch-mnist-3000",
+    # the size rule's previous recipe above 32 pixels (an 8×8 grid of K = 2,048), renamed copies or runs made with
+    # its flags, which now name those settings (the present recipe writes folder-tinyimagenet20.json and
+    # folder-flowers64.json)
+    "folder-tinyimagenet20-grid8.json": f"python bench/folders.py --data {TIN20} --n 5000 --reuse"
+    f" --root runs/bench/tin20 --name folder-tinyimagenet20-grid8 {GRID8}",
+    "folder-flowers64-grid8.json": f"python bench/folders.py --data ../shared/datasets/Flowers64"
+    f" --features-from {TIN20} --n 5000 --reuse --root runs/bench/flowers64-grid8"
+    f" --name folder-flowers64-grid8 {GRID8}",
+    "guidance-tinyimagenet20-grid8.json": f"python bench/guidance.py --data {TIN20} --prior runs/bench/tin20/prior"
+    " --scales 3 --n 5000 --name guidance-tinyimagenet20-grid8",
+    "guidance-tinyimagenet20-grid8-s2-4.json": f"python bench/guidance.py --data {TIN20} --prior runs/bench/tin20/prior"
+    " --scales 2,4 --n 5000 --name guidance-tinyimagenet20-grid8-s2-4",
+    "folder-tinyimagenet20-grid16.json": f"python bench/folders.py --data {TIN20} --n 5000"
+    " --name folder-tinyimagenet20-grid16 --ae-options '--downsample 4 --codebook-size 2048 --minutes 15'"
+    " --prior-options '--patch 1 --minutes 15'",
+    "folder-tinyimagenet20-k16384.json": f"python bench/folders.py --data {TIN20} --n 5000"
+    " --name folder-tinyimagenet20-k16384 --ae-options '--downsample 8 --codebook-size 16384 --code-factors 128x128"
+    " --minutes 15' --prior-options '--steps 1300'",
 }
 # ...and the one line that is not a benchmark: the hand-trained prior that guidance-mnist-4500-steps.json sweeps
 BENCH_INPUTS = [

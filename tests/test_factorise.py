@@ -115,6 +115,81 @@ def test_top_k_one_picks_the_most_likely_sub_token_at_each_step():
     assert int(code) == int(a) * 4 + int(b)
 
 
+def _patch_nats(prior, grids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """−log p of each position's patch (N, positions), from the network's outputs and the sub-token head."""
+    tokens = prior.to_positions(grids)  # (N, m/2, m/2)
+    hidden = prior._outputs(tokens, labels, None)
+    return prior.subtokens.nll(hidden.reshape(-1, hidden.size(-1)), tokens.reshape(-1)).view(len(grids), -1)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize(("k", "factors"), [(3, []), (4, [2, 2])])
+def test_patched_prior_is_an_exact_distribution_over_every_patch(arch: str, k: int, factors: list[int]):
+    # a 2×2 grid is one patch: all K⁴ of them (81 and 256), their probabilities summing to one
+    prior = tiny_prior(arch, num_classes=3, codebook_size=k, grid_size=2, factors=factors, patch=2)
+    grids = torch.cartesian_prod(*[torch.arange(k)] * 4).view(-1, 2, 2)  # (K⁴, 2, 2)
+    labels = torch.full((len(grids),), 1)
+    with torch.no_grad():
+        nats = _patch_nats(prior, grids, labels)[:, 0]
+        mean = prior(grids, labels, nll=True)
+    assert prior.cfg.token_factors == (factors or [k]) * 4
+    assert float(torch.logsumexp(-nats.double(), 0)) == pytest.approx(0.0, abs=1e-5)
+    assert float(mean) == pytest.approx(float(nats.mean()) / 4, rel=1e-5)  # nats per code, not per patch
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_patched_prior_reads_only_earlier_patches(arch: str):
+    prior = tiny_prior(arch, patch=2)  # 4×4 codes as 2×2 positions
+    base = random_codes(1)
+    batch = base.repeat(M * M + 1, 1, 1)
+    for j in range(M * M):
+        batch[j + 1].view(-1)[j] = (batch[j + 1].view(-1)[j] + 1) % prior.cfg.codebook_size
+    with torch.no_grad():
+        nats = _patch_nats(prior, batch, prior.resolve_labels(None, len(batch), "cpu"))  # (17, 4)
+    position = torch.tensor([(j // M) // 2 * 2 + (j % M) // 2 for j in range(M * M)])  # the patch of code j
+    changed = (nats[1:] - nats[:1]).abs() > 1e-6  # [j, patch]
+    earlier = torch.arange(4)[None, :] < position[:, None]  # [j, patch]: the patch comes before code j's
+    assert not changed[earlier].any()  # an earlier patch never moves with a later code
+    assert changed[torch.arange(M * M), position].all()  # its own patch always does
+    assert changed[position == 0][:, 1:].any()  # later patches read earlier ones
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_patched_prior_samples_as_it_scores_and_keeps_whole_rows_of_patches(arch: str):
+    prior = tiny_prior(arch, num_classes=3, patch=2)
+    codes = random_codes(4)
+    tokens = prior.to_positions(codes)
+    assert tokens.shape == (4, M // 2, M // 2) and torch.equal(prior.from_positions(tokens), codes)
+    k = prior.cfg.codebook_size  # a patch's codes in row order, the first most significant
+    assert torch.equal(
+        tokens[:, 0, 1], ((codes[:, 0, 2] * k + codes[:, 0, 3]) * k + codes[:, 1, 2]) * k + codes[:, 1, 3]
+    )
+    labels = torch.tensor([0, 1, 2, 1])
+
+    def draw(use_cache: bool = True, seed: int = 5, **kept) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return prior.sample(4, labels=labels, generator=generator, use_cache=use_cache, guidance=2.0, top_k=5, **kept)
+
+    sampled = draw()
+    assert sampled.shape == (4, M, M) and torch.equal(sampled, draw(use_cache=False))
+    assert not torch.equal(sampled, draw(seed=6))
+    completed = draw(prefix=codes, prefix_len=2 * M)
+    assert torch.equal(completed[:, :2], codes[:, :2]) and torch.equal(
+        completed, draw(False, prefix=codes, prefix_len=2 * M)
+    )
+    with pytest.raises(ValueError, match="whole rows of patches"):
+        draw(prefix=codes, prefix_len=M)
+
+
+def test_a_patch_must_divide_the_grid_and_fit_one_number():
+    with pytest.raises(ValueError, match="divides the grid side 4"):
+        tiny_prior("transformer", patch=3)
+    with pytest.raises(ValueError, match="64-bit"):
+        tiny_prior("transformer", codebook_size=1 << 16, patch=2)
+    with pytest.raises(ValueError, match="context"):
+        tiny_prior("transformer", context_grid=2, patch=2)
+
+
 def tiny_ae(**overrides) -> VQVAE:
     torch.manual_seed(0)
     cfg = dict(image_size=16, channels=3, hidden=16, res_hidden=8, embed_dim=8, codebook_size=16, kmeans_init=False)
@@ -202,6 +277,18 @@ def test_factorised_pipeline_end_to_end_on_shapes(in_tmp):
     assert result.code == 0, result.err
     assert json.loads((in_tmp / "runs/prior-flat/config.json").read_text())["model"]["factors"] == []
     assert run_cli("sample", "--n", "2", "--prior", "runs/prior-flat").code == 0
+    # 2×2 patches of the 8×8 grid: 4×4 positions of eight sub-tokens each
+    result = run_cli("train-prior", *flags, "--patch", "2", "--out", "runs/prior-patch")
+    assert result.code == 0, result.err
+    assert json.loads((in_tmp / "runs/prior-patch/config.json").read_text())["model"]["patch"] == 2
+    assert run_cli("sample", "--n", "2", "--prior", "runs/prior-patch").code == 0
+    odd = run_cli("complete", "--prior", "runs/prior-patch", "--image", "samples/000.png", "--keep-rows", "3")
+    assert odd.code != 0 and "multiple of 2" in odd.err and "Traceback" not in odd.err
+    assert (
+        run_cli("complete", "--prior", "runs/prior-patch", "--image", "samples/000.png", "--keep-rows", "2").code == 0
+    )
+    bad = run_cli("train-prior", *flags, "--patch", "3", "--out", "runs/prior-patch3")
+    assert bad.code != 0 and "--patch must" in bad.err and "Traceback" not in bad.err
     result = run_cli("factorise", "--ae", "runs/ae", "--factors", "16x4", "--out", "runs/ae-16x4")
     assert result.code == 0, result.err
     mismatch = run_cli("sample", "--n", "2", "--ae", "runs/ae-16x4", "--ignore-hash")

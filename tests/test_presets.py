@@ -11,23 +11,27 @@ from PIL import Image
 from vqgen.autoencoder import resolve_autoencoder
 from vqgen.codes import load_codes
 from vqgen.errors import VQGenError
-from vqgen.presets import PRESETS, grid_downsample, preset_for
+from vqgen.presets import PRESETS, grid_downsample, preset_for, prior_patch
 
 from conftest import run_cli
 
 
-def test_the_grid_stays_near_eight_by_eight_whatever_the_image_size():
+def test_the_grid_follows_the_image_size_and_the_prior_reads_larger_grids_as_patches():
     for size in (28, 32, 64, 128):
         d = grid_downsample(size)
         assert size % d == 0
-        assert abs(size // d - 8) <= 1  # 7×7 for MNIST's 28 pixels, 8×8 from 32 up
+        target = 8 if size <= 32 else 16  # 7×7 for MNIST's 28 pixels, 8×8 at 32, 16×16 above
+        assert abs(size // d - target) <= 1
+    assert [prior_patch(m, 512) for m in (7, 8, 16)] == [1, 1, 2]  # the sequence stays at most 8×8 positions
+    assert prior_patch(16, 512, level="bottom") == 1  # a bottom prior reads a context grid
+    assert prior_patch(16, 1 << 20) == 1  # four codes of 20 bits do not fit one 64-bit number
 
 
 def test_presets_follow_the_image_size_of_unnamed_data_only():
     small, large = preset_for("photos/", 32), preset_for("photos/", 64)
-    assert (32 // small.ae_downsample, 64 // large.ae_downsample) == (8, 8)
-    assert large.ae_steps < PRESETS["cifar10"].ae_steps  # four times the pixels: fewer steps in the same time
-    assert large.codebook_size == PRESETS["cifar10"].codebook_size  # natural images: the natural-image codebook
+    assert (32 // small.ae_downsample, 64 // large.ae_downsample) == (8, 16)
+    assert large.ae_steps < small.ae_steps  # a 64-pixel step costs more: fewer steps in the same time
+    assert large.ae_adversarial == 0  # the discriminator sees full-size images: off where its cost grows
     assert preset_for("mnist", 64) is PRESETS["mnist"]  # a named set keeps its own, whatever the size
     assert preset_for("photos/") == preset_for("photos/", 32)
 
@@ -42,7 +46,7 @@ def test_a_flag_always_wins_over_the_preset():
         resolve_autoencoder({"downsample": 3}, preset)
 
 
-def test_a_64_pixel_folder_gets_an_8x8_grid_and_says_why(in_tmp):
+def test_a_64_pixel_folder_gets_a_16x16_grid_read_as_patches_and_says_why(in_tmp):
     rng = np.random.default_rng(0)
     for label in ("cats", "dogs"):
         (in_tmp / "photos" / label).mkdir(parents=True)
@@ -50,19 +54,26 @@ def test_a_64_pixel_folder_gets_an_8x8_grid_and_says_why(in_tmp):
             pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(in_tmp / "photos" / label / f"{i}.png")
     Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(in_tmp / "photos" / "cats" / "grey.png")
-    small = ("--hidden", "16", "--embed-dim", "8", "--batch-size", "4", "--steps", "2", "--adversarial", "0")
+    small = ("--hidden", "16", "--embed-dim", "8", "--batch-size", "4", "--steps", "2")
     result = run_cli("train-ae", "--data", "photos", *small)
     assert result.code == 0, result.err
-    assert "64×64 images → 8×8 codes" in result.out.replace("\n", " ")
+    said = result.out.replace("\n", " ")
+    assert "64×64 images → 16×16 codes" in said and "2×2 patches" in said
     config = json.loads((in_tmp / "runs/ae/config.json").read_text())
-    assert config["model"]["downsample"] == 8 and config["model"]["channels"] == 3
-    result = run_cli("train-ae", "--data", "photos", *small, "--downsample", "4", "--out", "runs/ae4")
+    assert config["model"]["downsample"] == 4 and config["model"]["channels"] == 3
+    result = run_cli("train-ae", "--data", "photos", *small, "--downsample", "8", "--out", "runs/ae8")
     assert result.code == 0, result.err
-    assert json.loads((in_tmp / "runs/ae4/config.json").read_text())["model"]["downsample"] == 4
+    assert json.loads((in_tmp / "runs/ae8/config.json").read_text())["model"]["downsample"] == 8
     # the codes remember the image size, so that the prior takes the defaults of the size, not of 32 pixels
     assert run_cli("encode").code == 0
     codes = load_codes("runs/codes.safetensors")
     assert codes.image_size == 64 and preset_for(codes.dataset, codes.image_size) == preset_for("photos/", 64)
+    tiny = ("--steps", "2", "--batch-size", "4", "--layers", "1", "--width", "16", "--eval-every", "0")
+    result = run_cli("train-prior", *tiny)
+    assert result.code == 0, result.err
+    assert json.loads((in_tmp / "runs/prior/config.json").read_text())["model"]["patch"] == 2
+    result = run_cli("sample", "--n", "2", "--class", "dogs")
+    assert result.code == 0, result.err
 
 
 def test_held_out_files_stay_held_out_when_the_folder_grows(tmp_path):

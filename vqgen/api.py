@@ -147,6 +147,7 @@ def train_prior(
     *,
     arch: Arch | None = "transformer",
     flat: bool | None = False,
+    patch: int | None = None,
     level: Level | None = None,
     class_conditional: bool | None = None,
     class_dropout: float | None = 0.1,
@@ -179,7 +180,8 @@ def train_prior(
     `codes` unset is runs/codes.safetensors (with `resume`, the file the run was trained on); `out` unset is
     runs/prior, or runs/prior-bottom with `level="bottom"`. The size left unset (`layers`, `width`) and the
     training length, learning rate, batch size and weight average come from the preset of the codes' data set;
-    `class_conditional` unset conditions on the labels when the codes file has them. Progress goes to `console`
+    `class_conditional` unset conditions on the labels when the codes file has them; `patch` unset is the size rule's
+    (vqgen.presets.prior_patch: 2×2 patches of codes per position from a 16×16 grid up). Progress goes to `console`
     (a rich Console) when one is given. See `vqgen train-prior --help` for what each setting does.
     """
     values = _settings(train_prior, locals())
@@ -209,6 +211,7 @@ def train_prior(
         values["heads"],
         level,
         values["flat"],
+        values["patch"],
     )
 
 

@@ -24,7 +24,7 @@ from vqgen.errors import VQGenError
 from vqgen.images import save_grid
 from vqgen.metrics import psnr_from_mse
 from vqgen.passes import split_pass, usage_metrics
-from vqgen.presets import Preset, preset_for
+from vqgen.presets import Preset, preset_for, prior_patch
 from vqgen.train import (
     Task,
     TrainConfig,
@@ -360,9 +360,12 @@ def describe_choice(ae: AEConfig, train: TrainConfig, adversarial: AdversarialCo
     factors = f" as {'×'.join(map(str, ae.code_factors))} sub-tokens" if ae.code_factors else ""
     codes = f"K={ae.codebook_size}{factors}"
     gan = f", adversarial {adversarial.weight} from step {adversarial.start}" if adversarial.weight else ""
+    m = size // ae.downsample
+    patch = prior_patch(m, ae.codebook_size)
+    # why: a large grid keeps what a small one loses, and as patches its prior still costs an 8×8 one's
+    read = f", read by the prior as {m // patch}×{m // patch} positions of {patch}×{patch} patches" if patch > 1 else ""
     return (
-        f"{size}×{size} images → {size // ae.downsample}×{size // ae.downsample} codes (downsample {ae.downsample}), "
-        f"{ae.quantizer} "
+        f"{size}×{size} images → {m}×{m} codes (downsample {ae.downsample}){read}, {ae.quantizer} "
         f"{codes}, width {ae.hidden}, {train.steps or train.minutes} {'steps' if train.steps else 'minutes'}{gan} "
         f"(preset of '{Path(data).name or data}'; flags win)"
     )

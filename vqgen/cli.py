@@ -265,7 +265,7 @@ def train_ae(
         typer.Option(
             "--downsample",
             help="n/m: 2, 4, 8 or 16 (an n×n image → m×m codes). Default: the preset's, "
-            f"{defaults_text('ae_downsample')}: images over 32 pixels of a folder or array file keep an 8×8 grid.",
+            f"{defaults_text('ae_downsample')}: images over 32 pixels of a folder or array file get a grid near 16×16.",
             show_default=False,
         ),
     ] = None,
@@ -603,6 +603,15 @@ def train_prior_cmd(
             "each code's sub-tokens in turn, as the codes file records).",
         ),
     ] = False,
+    patch: Annotated[
+        int | None,
+        typer.Option(
+            "--patch",
+            help="p: each position of the prior predicts a p×p patch of codes, one code after another, so a 16×16 "
+            "grid runs as 8×8 positions at about an 8×8 grid's cost (default: 2 for grids above 8×8, else 1).",
+            show_default=False,
+        ),
+    ] = None,
     level: Annotated[
         str | None,
         typer.Option(
@@ -909,12 +918,12 @@ def presets() -> None:
     """Print the defaults of each data set (vqgen/presets.py); a flag always wins over them.
 
     A folder or array file whose name starts with a data set's name takes that set's preset; other data take the
-    plain recipe up to 32 pixels and the size rule's above (an 8×8 grid of codes). Measured figures for each:
-    the README's table of presets and docs/results.md.
+    plain recipe up to 32 pixels and the size rule's above (a 16×16 grid of codes at 64 pixels, read by the prior as
+    2×2 patches). Measured figures for each: the README's table of presets and docs/results.md.
     """
     from rich.table import Table
 
-    from vqgen.presets import LISTED, adversarial_text, listed_preset, stage_one_text, stage_two_text
+    from vqgen.presets import LISTED, adversarial_text, listed_patch, listed_preset, stage_one_text, stage_two_text
 
     table = Table(title="presets (vqgen/presets.py)", show_header=True, header_style="bold")
     for column in ("data", "stage one", "codes", "adversarial", "stage two", "guidance"):
@@ -923,7 +932,8 @@ def presets() -> None:
         p = listed_preset(key)
         grid = f"downsample {p.ae_downsample}, width {p.ae_hidden}"
         guidance = "none" if p.prior_guidance is None else f"{p.prior_guidance:g}"
-        table.add_row(label, stage_one_text(p), grid, adversarial_text(p), stage_two_text(p), guidance)
+        two = stage_two_text(p, listed_patch(key))
+        table.add_row(label, stage_one_text(p), grid, adversarial_text(p), two, guidance)
     _console().print(table)
 
 

@@ -104,43 +104,48 @@ def preset_for(dataset: str | None, image_size: int | None = None) -> Preset:
     return sized_preset(image_size) if image_size else Preset()
 
 
-# Steps at n pixels = CIFAR-10's × (32/n)² × this ratio: a step at 8× downsampling costs less per pixel than one at
-# 4× (the extra outer stage is a narrow one), so that stage one at 64 pixels, without the discriminator, takes
-# about 15 minutes on 2 cores (docs/results.md, "Your own images").
-LARGE_IMAGE_STEP_RATIO = 1.93
-# Stage two at n > 32 pixels sees CIFAR-10's 8×8 grid; these steps of the flat K = 2048 prior fill 15 minutes on the
-# slowest 2-core machine measured (docs/results.md, "Your own images").
+# Stage one at 64 pixels: these steps of a 16×16 grid of K = 512 codes fill 15 minutes on the slowest 2-core machine
+# measured; other sizes scale them by the pixels (docs/results.md, "Your own images").
+LARGE_IMAGE_AE_STEPS = 1200
+# Stage two above 32 pixels runs over 8×8 positions of 2×2 patches (`prior_patch`); these steps fill 15 minutes on
+# that machine (docs/results.md, "Your own images").
 LARGE_IMAGE_PRIOR_STEPS = 1300
 
 
+def prior_patch(grid_size: int, codebook_size: int, level: str | None = None) -> int:
+    """The prior's patch for m×m grids of K codes: 2 (each position predicts a 2×2 patch of codes) above 8×8, so that
+    the Transformer's sequence stays about CIFAR-10's 64 positions and a step costs about what an 8×8 one does
+    (docs/results.md, "Your own images"); 1 up to 8×8, for a two-level bottom prior (which reads a context), and
+    where four codes do not fit one 64-bit number."""
+    fits = (codebook_size - 1).bit_length() * 4 <= 62
+    return 2 if grid_size > 8 and grid_size % 2 == 0 and level != "bottom" and fits else 1
+
+
 def grid_downsample(image_size: int) -> int:
-    """The downsampling factor that brings an n×n image closest to an 8×8 grid of codes (dividing n where one does):
-    the prior's sequence, and so its cost, stays that of CIFAR-10's grid at any image size."""
+    """The downsampling factor (dividing n where one does) that brings an n×n image closest to an 8×8 grid of codes
+    up to 32 pixels and to a 16×16 grid above: at 64 pixels an 8×8 grid keeps colours and layout but not the class
+    (docs/results.md, "Your own images"), and the prior reads 16×16 as 8×8 positions of 2×2 patches."""
+    target = 8 if image_size <= 32 else 16
     choices = [d for d in (2, 4, 8, 16) if image_size % d == 0] or [2, 4, 8, 16]
-    return min(choices, key=lambda d: (abs(image_size / d - 8), -d))
+    return min(choices, key=lambda d: (abs(image_size / d - target), -d))
 
 
 def sized_preset(image_size: int) -> Preset:
     """The real-data recipe for n×n images of a folder or array file: up to 32 pixels the plain one (4× downsampling);
-    larger images keep an 8×8 grid (`grid_downsample`), so stage two costs what it costs at 32 pixels, and take
-    CIFAR-10's codebook, with fewer steps in proportion to the pixels and no discriminator (with it a step at 64 pixels
-    costs about six without it), so that each stage keeps to about 15 minutes. CIFAR-10's guidance 3 serves them too:
-    there TinyImageNet20's samples reach their reconstructions' distance and class (docs/results.md, "Your own
-    images")."""
+    larger images get a grid near 16×16 (`grid_downsample`) of the plain recipe's 512 codes, whose prior reads
+    2×2 patches (`prior_patch`), so that stage two costs about what it costs at 32 pixels; no discriminator (with it
+    a step at 64 pixels costs about six without it) and fewer steps, so that each stage keeps to about 15 minutes.
+    CIFAR-10's guidance 3 serves them too (docs/results.md, "Your own images")."""
     base = Preset()
     if image_size <= 32:
         return base
-    natural = PRESETS["cifar10"]
-    pixels = (32 / image_size) ** 2
-    steps = max(500, round(natural.ae_steps * pixels * LARGE_IMAGE_STEP_RATIO / 100) * 100)
+    steps = max(300, round(LARGE_IMAGE_AE_STEPS * (64 / image_size) ** 2 / 100) * 100)
     return replace(
-        natural,
+        base,
         ae_downsample=grid_downsample(image_size),
         ae_steps=steps,
-        ae_adversarial=0.0,
-        ae_adversarial_start=0,
-        ae_feature_matching=0.0,
         prior_steps=LARGE_IMAGE_PRIOR_STEPS,
+        prior_guidance=PRESETS["cifar10"].prior_guidance,
     )
 
 
@@ -161,6 +166,13 @@ def listed_preset(key: str) -> Preset:
     return Preset() if key == "plain" else sized_preset(64) if key == "large" else PRESETS[key]
 
 
+def listed_patch(key: str) -> int:
+    """The patch the prior of a LISTED recipe reads: the grid rule's at 64 pixels for "large"; the named presets' and
+    the plain recipe's grids are at most 8×8."""
+    p = listed_preset(key)
+    return prior_patch(64 // p.ae_downsample, p.codebook_size) if key == "large" else 1
+
+
 def stage_one_text(p: Preset) -> str:
     codes = f"{p.ae_quantizer} {','.join(map(str, p.fsq_levels))}" if p.ae_quantizer == "fsq" else p.ae_quantizer
     factors = f" as {'×'.join(map(str, p.code_factors))}" if p.code_factors else ""
@@ -174,9 +186,11 @@ def adversarial_text(p: Preset) -> str:
     return f"{p.ae_adversarial} from step {p.ae_adversarial_start:,}, feature matching {p.ae_feature_matching}"
 
 
-def stage_two_text(p: Preset) -> str:
+def stage_two_text(p: Preset, patch: int = 1) -> str:
+    patches = f" over {patch}×{patch} patches" if patch > 1 else ""
     text = (
-        f"Transformer {p.transformer_layers} × {p.transformer_width}, {p.prior_steps:,} steps of {p.prior_batch_size}"
+        f"Transformer {p.transformer_layers} × {p.transformer_width}{patches}, {p.prior_steps:,} steps of "
+        f"{p.prior_batch_size}"
     )
     return text + (f", weight average {p.prior_ema_weights}" if p.prior_ema_weights else "")
 

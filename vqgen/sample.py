@@ -595,6 +595,12 @@ def complete_levels(
     if not 1 <= keep_rows < m:
         which = "top code grid" if len(sizes) == 2 else "code grid"
         raise VQGenError(f"--keep-rows must be between 1 and {m - 1} (the {which} has {m} rows), not {keep_rows}")
+    patch = pipe.prior.cfg.patch
+    if keep_rows % patch:
+        raise VQGenError(
+            f"--keep-rows must be a multiple of {patch}: this prior predicts {patch}×{patch} patches of codes, so it "
+            "keeps whole rows of patches"
+        )
     check_count(n, "--n")
     expected = (cfg.channels, cfg.image_size, cfg.image_size)
     if images.dim() != 4 or len(images) == 0 or tuple(images.shape[1:]) != expected:

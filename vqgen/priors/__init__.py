@@ -9,6 +9,10 @@ integer in [0, K) and y is an optional class label. Two architectures share the 
 Class-conditional models reserve label ``num_classes`` as the "null" class; labels=None means null, and
 class dropout during training teaches a single model to sample both with and without a label.
 
+A patched prior (``patch`` p > 1) runs over the (m/p)×(m/p) grid of p×p patches: each position predicts its p²
+codes one after another (sub-tokens of the position, vqgen.priors.heads), so a 16×16 grid costs about what an 8×8
+one does. The order is still a raster order of patches, codes row by row inside each, so p(c) stays exact.
+
 The bottom prior of a two-level autoencoder models p(c_bottom | c_top [, y]): it takes the whole top grid as
 `context` (``context_grid`` > 0), the Transformer as a prefix of tokens, the PixelCNN as a conditioning stack. The
 context is given, so every bottom code may see all of it; the bottom codes stay causal among themselves.
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 
 from vqgen.choices import ARCHS, Arch
 from vqgen.distributed import shard_rand
-from vqgen.factorise import check_factors
+from vqgen.factorise import check_factors, join_codes, split_codes
 from vqgen.limits import MAX_CLASSES, MAX_CODEBOOK, MAX_GRID, MAX_PARAMETERS
 
 _ARCH_ALIASES = {"pixelatt": "transformer"}
@@ -46,6 +50,7 @@ class PriorConfig:
     # sub-vocabulary sizes of a code (vqgen.factorise), most significant first: G softmaxes of K_g, not one of K.
     # [] is the flat K-way output.
     factors: list[int] = field(default_factory=list)
+    patch: int = 1  # p: each position of the network predicts a p×p patch of codes (m divisible by p)
     # transformer
     n_layer: int = 4
     n_head: int = 4
@@ -89,6 +94,17 @@ class PriorConfig:
         if self.pcnn_kernel < 3 or self.pcnn_kernel % 2 == 0:
             raise ValueError(f"pcnn_kernel must be odd and >= 3, not {self.pcnn_kernel}")
         self.factors = check_factors(self.factors, self.codebook_size)
+        if not _is_int(self.patch) or not 1 <= self.patch <= self.grid_size or self.grid_size % self.patch:
+            raise ValueError(
+                f"patch must be an integer that divides the grid side {self.grid_size}, not {_short(self.patch)}"
+            )
+        if self.patch > 1 and self.context_grid:
+            raise ValueError("a patched prior takes no context grid: give a two-level bottom prior patch 1")
+        if self.patch > 1 and (self.codebook_size - 1).bit_length() * self.patch**2 > 62:
+            raise ValueError(
+                f"a patch of {self.patch}×{self.patch} codes of K={self.codebook_size} does not fit one 64-bit number: "
+                "use a smaller patch"
+            )
         parameters = estimate_parameters(self)
         if parameters > MAX_PARAMETERS:
             raise ValueError(
@@ -98,12 +114,24 @@ class PriorConfig:
             )
 
     @property
+    def token_factors(self) -> list[int]:
+        """The sub-vocabularies of one position: a code's factors (or K) once per code of its patch; [] flat."""
+        if self.patch == 1:
+            return self.factors
+        return (self.factors or [self.codebook_size]) * self.patch**2
+
+    @property
     def factorised(self) -> bool:
-        return len(self.factors) >= 2
+        return len(self.token_factors) >= 2
+
+    @property
+    def side(self) -> int:
+        """The side of the grid of positions the network runs over: m, or m/p for a patched prior."""
+        return self.grid_size // self.patch
 
     @property
     def seq_len(self) -> int:
-        return self.grid_size * self.grid_size
+        return self.side * self.side
 
     @property
     def null_class(self) -> int:
@@ -135,6 +163,7 @@ _OPTION_OF_FIELD = {
     "class_dropout": "--class-dropout",
     "dropout": "--dropout",
     "arch": "--arch",
+    "patch": "--patch",
 }
 _FIELD = re.compile(r"(?<![\w-])(" + "|".join(_OPTION_OF_FIELD) + r")(?![\w-])")
 
@@ -158,7 +187,7 @@ def _short(value: object) -> str:
 def estimate_parameters(cfg: PriorConfig) -> int:
     """About how many parameters build_prior(cfg) has, from the sizes alone: what is checked before building."""
     k, labels = cfg.codebook_size, cfg.num_classes + 1
-    vocab = sum(cfg.factors) if cfg.factorised else k  # rows of an input embedding, and outputs of the head
+    vocab = sum(cfg.token_factors) if cfg.factorised else k  # rows of an input embedding, and outputs of the head
     if cfg.arch == "transformer":
         c = cfg.n_embd
         width, body = c, cfg.n_layer * (12 * c * c + 13 * c) + (cfg.context_grid**2 + cfg.seq_len + labels) * c
@@ -170,7 +199,7 @@ def estimate_parameters(cfg: PriorConfig) -> int:
     embeddings = vocab * width * (2 if cfg.context_grid else 1)
     head = vocab * width
     if cfg.factorised:  # per sub-token after the first: an embedding of the one before and a residual MLP
-        head += (len(cfg.factors) - 1) * 4 * width * width + sum(cfg.factors[:-1]) * width
+        head += (len(cfg.token_factors) - 1) * 4 * width * width + sum(cfg.token_factors[:-1]) * width
     return body + embeddings + head
 
 
@@ -238,8 +267,9 @@ class Prior(nn.Module):
         self.subtokens: nn.Module | None = None  # the architecture sets a SubtokenHead for factorised codes
 
     def _outputs(self, codes: torch.Tensor, labels: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        """codes (B, H, W) with H ≤ m rows, resolved labels (B,) and context → per raster position either the
-        logits (B, H·W, K) of flat codes or the hidden states (B, H·W, C) that the sub-token head reads.
+        """tokens (B, H, W) with H ≤ s rows (codes, or a patched prior's joined patches), resolved labels (B,) and
+        context → per raster position either the logits (B, H·W, K) of flat codes or the hidden states (B, H·W, C)
+        that the sub-token head reads.
 
         Output i depends only on the codes at raster positions < i (and on the label and the context)."""
         raise NotImplementedError
@@ -258,14 +288,40 @@ class Prior(nn.Module):
         logits[:, i] depends only on the codes at raster positions < i (and on the label and the context).
         """
         batch = codes.size(0)
-        out = self._outputs(codes, self.resolve_labels(labels, batch, codes.device), self.check_context(context, batch))
+        tokens = self.to_positions(codes)  # (B, s, s): one token per position
+        out = self._outputs(
+            tokens, self.resolve_labels(labels, batch, codes.device), self.check_context(context, batch)
+        )
         if nll:
             if self.subtokens is None:
-                return code_cross_entropy(out, codes)
-            return self.subtokens.nll(out.reshape(-1, out.size(-1)), codes.reshape(-1)).mean()
+                return code_cross_entropy(out, tokens)
+            # a position's −log p is the sum over its p² codes, so per code it is divided by p²
+            nats = self.subtokens.nll(out.reshape(-1, out.size(-1)), tokens.reshape(-1))
+            return nats.mean() / self.cfg.patch**2
         if self.subtokens is None:
             return out
+        if self.cfg.patch > 1:
+            raise ValueError("a patched prior's positions have K^(p²) values: ask for nll=True, not every logit")
         return self.subtokens.log_probs(out.reshape(-1, out.size(-1))).view(batch, -1, self.cfg.codebook_size)
+
+    def to_positions(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, m, m) → the tokens the network models (B, s, s): for a patched prior each p×p patch joined into
+        one number, its codes in row order, the first most significant; else the codes themselves."""
+        p = self.cfg.patch
+        if p == 1:
+            return codes
+        b, m = codes.size(0), codes.size(1)
+        patches = codes.reshape(b, m // p, p, m // p, p).permute(0, 1, 3, 2, 4).reshape(b, m // p, m // p, p * p)
+        return join_codes(list(patches.unbind(-1)), [self.cfg.codebook_size] * p * p)  # (B, s, s)
+
+    def from_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The inverse of to_positions: tokens (B, s, s) → codes (B, m, m)."""
+        p = self.cfg.patch
+        if p == 1:
+            return tokens
+        b, s = tokens.size(0), tokens.size(1)
+        patches = torch.stack(split_codes(tokens, [self.cfg.codebook_size] * p * p), dim=-1)  # (B, s, s, p²)
+        return patches.reshape(b, s, s, p, p).permute(0, 1, 3, 2, 4).reshape(b, s * p, s * p)
 
     def draw_code(self, out: torch.Tensor, draw: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """One raster position's outputs (n, K) or (n, C) → its codes (n,): `draw` picks from each softmax (the
@@ -339,25 +395,33 @@ class Prior(nn.Module):
         """Sample n grids → (n, m, m) int64 codes (given the context grids (n, m_c, m_c) of a prior that has one).
 
         The first prefix_len raster positions of `prefix` (n, m, m) are kept and the rest sampled, which is
-        how image completion works. labels=None samples unconditionally (the null class).
+        how image completion works (a patched prior keeps whole rows of patches: prefix_len a multiple of p·m).
+        labels=None samples unconditionally (the null class).
 
         `guidance` S (a class-conditional model only) samples from the logits null + S·(cond − null): the n
         conditional and n null-class sequences run as one batch of 2n through the same forward pass (and the
         same key/value cache), and both halves receive the code drawn from the guided logits, so they stay
         equal. None is plain conditional sampling.
         """
-        m, seq_len = self.cfg.grid_size, self.cfg.seq_len
+        m, p, seq_len = self.cfg.grid_size, self.cfg.patch, self.cfg.seq_len
         device = next(self.parameters()).device
-        if not 0 <= prefix_len <= seq_len:
-            raise ValueError(f"prefix_len must be in [0, {seq_len}], not {prefix_len}")
-        codes = torch.zeros(n, seq_len, dtype=torch.long, device=device)  # (n, T)
+        if not 0 <= prefix_len <= m * m:
+            raise ValueError(f"prefix_len must be in [0, {m * m}], not {prefix_len}")
+        if prefix_len % (p * m):
+            raise ValueError(
+                f"a prior of {p}×{p} patches keeps whole rows of patches: prefix_len a multiple of {p * m}"
+            )
+        codes = torch.zeros(n, seq_len, dtype=torch.long, device=device)  # (n, T) tokens, one per position
         if prefix_len > 0:
             if prefix is None or prefix.shape != (n, m, m):
                 raise ValueError(f"a prefix of shape ({n}, {m}, {m}) is needed when prefix_len > 0")
-            kept = prefix.reshape(n, seq_len)[:, :prefix_len].to(device=device, dtype=torch.long)
+            kept = prefix.reshape(n, m * m)[:, :prefix_len].to(device=device, dtype=torch.long)
             if kept.min() < 0 or kept.max() >= self.cfg.codebook_size:
                 raise ValueError(f"prefix codes must be in [0, {self.cfg.codebook_size})")
-            codes[:, :prefix_len] = kept
+            prefix_len //= p * p  # in positions
+            codes[:, :prefix_len] = self.to_positions(prefix.to(device=device, dtype=torch.long)).flatten(1)[
+                :, :prefix_len
+            ]
         context = self.check_context(None if context is None else context.to(device), n)
         if context is not None and (context.min() < 0 or context.max() >= self.cfg.codebook_size):
             raise ValueError(f"context codes must be in [0, {self.cfg.codebook_size})")
@@ -385,7 +449,7 @@ class Prior(nn.Module):
                 self._generate(codes, labels, prefix_len, draw, use_cache, context)
         finally:
             self.train(was_training)
-        return codes[:n].reshape(n, m, m)
+        return self.from_positions(codes[:n].reshape(n, self.cfg.side, self.cfg.side))  # (n, m, m)
 
     def _generate(
         self,
@@ -396,8 +460,8 @@ class Prior(nn.Module):
         use_cache: bool,
         context: torch.Tensor | None = None,
     ) -> None:
-        """Fill codes (n, T) in place from raster position `start` on. Default: a full forward per code."""
-        n, m = codes.size(0), self.cfg.grid_size
+        """Fill tokens (n, T) in place from raster position `start` on. Default: a full forward per position."""
+        n, m = codes.size(0), self.cfg.side
         for i in range(start, self.cfg.seq_len):
             out = self._outputs(codes.view(n, m, m), labels, context)  # (n, T, K) or (n, T, C)
             codes[:, i] = self.draw_code(out[:, i], draw)

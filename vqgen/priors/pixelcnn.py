@@ -83,21 +83,21 @@ class PixelCNNPrior(Prior):
         super().__init__(cfg)
         channels = cfg.pcnn_channels
         num_labels = cfg.num_classes + 1 if cfg.num_classes > 0 else 0
-        self.embed = code_embedding(cfg.factors, cfg.codebook_size, channels)
+        self.embed = code_embedding(cfg.token_factors, cfg.codebook_size, channels)
         conditioned = cfg.context_grid > 0
         self.layers = nn.ModuleList(
             GatedLayer(channels, cfg.pcnn_kernel, num_labels, first=(i == 0), conditioned=conditioned)
             for i in range(cfg.pcnn_layers)
         )
         if conditioned:  # the conditioning stack: top codes → a map on the bottom grid
-            self.context_embed = code_embedding(cfg.factors, cfg.codebook_size, channels)
+            self.context_embed = code_embedding(cfg.token_factors, cfg.codebook_size, channels)
             self.context_net = nn.Sequential(
                 nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1)
             )
         # flat codes: the last 1×1 conv gives the K logits; factorised: the sub-token head reads the features
         head = [nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU()]
         if cfg.factorised:
-            self.subtokens = SubtokenHead(cfg.factors, channels)
+            self.subtokens = SubtokenHead(cfg.token_factors, channels)
         else:
             head.append(nn.Conv2d(channels, cfg.codebook_size, 1))
         self.head = nn.Sequential(*head)
@@ -109,7 +109,7 @@ class PixelCNNPrior(Prior):
         """Context grids (B, m_c, m_c) → the conditioning stack's map (B, C, m, m), or None without a context."""
         if context is None:
             return None
-        m = self.cfg.grid_size
+        m = self.cfg.side
         x = self.context_embed(context).permute(0, 3, 1, 2)  # (B, C, m_c, m_c)
         return self.context_net(F.interpolate(x, size=(m, m), mode="nearest"))  # (B, C, m, m)
 
@@ -135,7 +135,7 @@ class PixelCNNPrior(Prior):
     ) -> None:
         # No cache for a convolutional net; instead run only rows ≤ the current one, which gives the same
         # logits because nothing looks downward. The context's map is computed once.
-        n, m = codes.size(0), self.cfg.grid_size
+        n, m = codes.size(0), self.cfg.side
         grid = codes.view(n, m, m)  # shares storage with codes
         context_map = self.context_map(context)
         for i in range(start, self.cfg.seq_len):

@@ -15,7 +15,7 @@ from vqgen.codes import CodesFile, load_codes
 from vqgen.data import iterate_batches
 from vqgen.distributed import on_main, owns_process_group
 from vqgen.errors import VQGenError
-from vqgen.presets import Preset, preset_for
+from vqgen.presets import Preset, preset_for, prior_patch
 from vqgen.priors import Prior, PriorConfig, as_options, build_prior
 from vqgen.train import (
     Task,
@@ -137,6 +137,7 @@ def train_prior(
     heads: int | None = None,
     level: str | None = None,
     flat: bool = False,
+    patch: int | None = None,
 ) -> tuple[dict[str, float], Path]:
     """Fit a prior to the train codes of `codes_path` in run folder `out` (under torchrun: rank 0 writes).
 
@@ -144,7 +145,8 @@ def train_prior(
     (vqgen.presets): a size given as `layers`, `width` or `heads`, or set in `prior`, wins (see with_size). Codes
     of a two-level autoencoder need `level` 'top' (a prior over the top grids) or 'bottom' (over the bottom grids,
     conditioned on the top ones). Factorised codes get a prior that predicts their sub-tokens (the codes file says
-    how they factorise); `flat` asks for one K-way softmax instead.
+    how they factorise); `flat` asks for one K-way softmax instead. `patch` p has each position predict a p×p patch
+    of codes (unset: vqgen.presets.prior_patch's rule for the grid).
     """
     run_dir = Path(out)
     if resume:
@@ -190,9 +192,10 @@ def train_prior(
                 context_grid=codes.grid_size // 2 if level == "bottom" else 0,
                 num_classes=codes.num_classes if conditional else 0,
                 factors=[] if flat else list(codes.factors or []),
+                patch=prior_patch(codes.grid_size, codes.codebook_size, level) if patch is None else patch,
             )
         except ValueError as e:
-            raise VQGenError(f"a prior of the codes in '{codes_path}': {e}") from e
+            raise VQGenError(f"a prior of the codes in '{codes_path}': {as_options(str(e))}") from e
     else:
         check_codes_match(prior, saved, codes, codes_path, run_dir)
     # Locked for this process until it returns; a new run is staged until its first checkpoint (RunFolder).

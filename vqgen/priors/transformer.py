@@ -85,7 +85,7 @@ class TransformerPrior(Prior):
         super().__init__(cfg)
         # The start token doubles as the class embedding; unconditional models have one entry (null = 0).
         self.start_emb = nn.Embedding(cfg.num_classes + 1, cfg.n_embd)
-        factors = cfg.factors
+        factors = cfg.token_factors
         self.tok_emb = code_embedding(factors, cfg.codebook_size, cfg.n_embd)
         self.context_len = cfg.context_grid**2
         # a bottom prior reads the top grid first, with its own code embedding (the top codebook is another one)

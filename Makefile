@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
 # Every JSON in bench/results/, rebuilt by the line that made it (tests/test_docs.py checks that each JSON's command is
-# here), in an order where a line's input runs come from an earlier line: 19 to 20 hours on 2 cores, about 16 h of it
+# here), in an order where a line's input runs come from an earlier line: 21 to 22 hours on 2 cores, about 18 h of it
 # the stage times the JSONs record and the rest estimated (docs/benchmarks.md#rebuilding-these-numbers). A command
 # that leaves a setting to the defaults runs with today's defaults, which may differ from those of the JSON's time.
 bench: $(STAMP)
@@ -112,8 +112,8 @@ bench: $(STAMP)
 	# the size rule's present recipe above 32 pixels (a 16×16 grid read as 2×2 patches): first given minutes, then with no flag
 	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000 --reuse --name folder-tinyimagenet20-patch --ae-options '--downsample 4 --codebook-size 512 --minutes 15' --prior-options '--patch 2 --minutes 15'
 	$(BIN)/python bench/guidance.py --data ../shared/datasets/TinyImageNet20 --prior runs/bench/folder-tinyimagenet20-patch/prior --scales 1.5,2 --n 5000 --name guidance-tinyimagenet20-patch
-	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000 --reuse
-	$(BIN)/python bench/folders.py --data ../shared/datasets/Flowers64 --features-from ../shared/datasets/TinyImageNet20 --n 5000 --reuse
+	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000
+	$(BIN)/python bench/folders.py --data ../shared/datasets/Flowers64 --features-from ../shared/datasets/TinyImageNet20 --n 5000
 	# beside vector-quantize-pytorch (a benchmark extra): the present MNIST preset, then the previous one
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/vs_vqtorch.py --data mnist --restart-below 0.3

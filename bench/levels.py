@@ -58,8 +58,19 @@ def main() -> None:
                 + ["--out", f"{prior}-bottom"],
             ]
         else:
+            # code by code, as levels-64.json measured it (the size rule now reads a 16×16 grid as 2×2 patches)
             commands += [
-                ["train-prior", "--codes", str(codes), "--minutes", str(args.prior_minutes), "--out", str(prior)]
+                [
+                    "train-prior",
+                    "--codes",
+                    str(codes),
+                    "--minutes",
+                    str(args.prior_minutes),
+                    "--out",
+                    str(prior),
+                    "--patch",
+                    "1",
+                ]
             ]
         for c in commands[2:]:
             c.append("--force")

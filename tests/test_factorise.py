@@ -287,6 +287,9 @@ def test_factorised_pipeline_end_to_end_on_shapes(in_tmp):
     assert (
         run_cli("complete", "--prior", "runs/prior-patch", "--image", "samples/000.png", "--keep-rows", "2").code == 0
     )
+    assert run_cli("complete", "--prior", "runs/prior-patch", "--image", "samples/000.png").code == 0  # 4 rows
+    other = run_cli("train-prior", "--resume", "--out", "runs/prior-patch", "--patch", "1", "--steps", "6")
+    assert other.code != 0 and "2×2 patches" in other.err and "Traceback" not in other.err
     bad = run_cli("train-prior", *flags, "--patch", "3", "--out", "runs/prior-patch3")
     assert bad.code != 0 and "--patch must" in bad.err and "Traceback" not in bad.err
     result = run_cli("factorise", "--ae", "runs/ae", "--factors", "16x4", "--out", "runs/ae-16x4")

@@ -361,7 +361,7 @@ def describe_choice(ae: AEConfig, train: TrainConfig, adversarial: AdversarialCo
     codes = f"K={ae.codebook_size}{factors}"
     gan = f", adversarial {adversarial.weight} from step {adversarial.start}" if adversarial.weight else ""
     m = size // ae.downsample
-    patch = prior_patch(m, ae.codebook_size)
+    patch = prior_patch(m, ae.codebook_size) if ae.levels == 1 else 1  # a two-level bottom prior reads a context
     # why: a large grid keeps what a small one loses, and as patches its prior still costs an 8×8 one's
     read = f", read by the prior as {m // patch}×{m // patch} positions of {patch}×{patch} patches" if patch > 1 else ""
     return (

@@ -778,8 +778,14 @@ def sample(
 def complete(
     images: Annotated[list[Path], typer.Option("--image", help="Image file(s) to complete (repeatable).")],
     keep_rows: Annotated[
-        int, typer.Option("--keep-rows", help="Rows of codes to keep from each image (of the top grid, two-level).")
-    ] = 3,
+        int | None,
+        typer.Option(
+            "--keep-rows",
+            help="Rows of codes to keep from each image (of the top grid, two-level). Default 3; for a prior of p×p "
+            "patches half the rows, a multiple of p.",
+            show_default=False,
+        ),
+    ] = None,
     n: Annotated[int, typer.Option("--n", help="Completions per image.")] = 8,
     prior: PriorOpt = Path("runs/prior"),
     out: Annotated[Path, typer.Option("--out", help="Folder for completions.png.")] = Path("samples"),

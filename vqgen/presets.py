@@ -104,11 +104,11 @@ def preset_for(dataset: str | None, image_size: int | None = None) -> Preset:
     return sized_preset(image_size) if image_size else Preset()
 
 
-# Stage one at 64 pixels: these steps of a 16×16 grid of K = 512 codes fill 15 minutes on the slowest 2-core machine
-# measured; other sizes scale them by the pixels (docs/results.md, "Your own images").
+# Stage one at 64 pixels: these steps of a 16×16 grid of K = 512 codes take about 15 minutes on 2 cores (a minute or
+# two more on the slowest machine measured); other sizes scale them by the pixels (docs/results.md, "Your own images").
 LARGE_IMAGE_AE_STEPS = 1200
-# Stage two above 32 pixels runs over 8×8 positions of 2×2 patches (`prior_patch`); these steps fill 15 minutes on
-# that machine (docs/results.md, "Your own images").
+# Stage two above 32 pixels runs over 8×8 positions of 2×2 patches (`prior_patch`); these steps take about as long
+# (docs/results.md, "Your own images").
 LARGE_IMAGE_PRIOR_STEPS = 1300
 
 

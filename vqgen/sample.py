@@ -553,7 +553,7 @@ def sample(
 def complete(
     pipe: Pipeline,
     image_paths: list[str | Path],
-    keep_rows: int,
+    keep_rows: int | None,
     n: int,
     out: str | Path,
     opts: SamplingOptions,
@@ -575,6 +575,7 @@ def complete(
     check_count(len(image_paths) * n, f"{len(image_paths)} images × --n")
     opts.check()
     originals = torch.stack([load_image(p, cfg.channels, cfg.image_size) for p in image_paths])  # (I, C, n, n)
+    keep_rows = default_keep_rows(pipe) if keep_rows is None else keep_rows
     codes, completed = complete_levels(pipe, originals, keep_rows, n, opts, label)
     kept = pipe.decode(codes)
     kept[:, :, keep_rows * cfg.image_size // cfg.grid_sizes[0] :, :] = 128
@@ -583,8 +584,19 @@ def complete(
     return save_grid(torch.cat(rows), Path(out) / "completions.png", nrow=n + 2, scale=2)
 
 
+def default_keep_rows(pipe: Pipeline) -> int:
+    """The rows `complete` keeps unless told: 3, or for a prior of p×p patches half the rows, whole rows of patches."""
+    m, patch = pipe.ae.cfg.grid_sizes[0], pipe.prior.cfg.patch
+    return 3 if patch == 1 else max(patch, m // 2 // patch * patch)
+
+
 def complete_levels(
-    pipe: Pipeline, images: torch.Tensor, keep_rows: int, n: int, opts: SamplingOptions, label: str | None = None
+    pipe: Pipeline,
+    images: torch.Tensor,
+    keep_rows: int | None,
+    n: int,
+    opts: SamplingOptions,
+    label: str | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """images (I, C, H, W), uint8 or float in [-1, 1] → their code grids per level and, per level, the (I·n, m_l,
     m_l) grids of n completions of each that keep the first `keep_rows` rows of the top grid (and the same part of
@@ -592,10 +604,11 @@ def complete_levels(
     cfg = pipe.ae.cfg
     sizes = cfg.grid_sizes
     m = sizes[0]
+    patch = pipe.prior.cfg.patch
+    keep_rows = default_keep_rows(pipe) if keep_rows is None else keep_rows
     if not 1 <= keep_rows < m:
         which = "top code grid" if len(sizes) == 2 else "code grid"
         raise VQGenError(f"--keep-rows must be between 1 and {m - 1} (the {which} has {m} rows), not {keep_rows}")
-    patch = pipe.prior.cfg.patch
     if keep_rows % patch:
         raise VQGenError(
             f"--keep-rows must be a multiple of {patch}: this prior predicts {patch}×{patch} patches of codes, so it "

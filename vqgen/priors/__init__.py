@@ -407,7 +407,7 @@ class Prior(nn.Module):
         device = next(self.parameters()).device
         if not 0 <= prefix_len <= m * m:
             raise ValueError(f"prefix_len must be in [0, {m * m}], not {prefix_len}")
-        if prefix_len % (p * m):
+        if p > 1 and prefix_len % (p * m):
             raise ValueError(
                 f"a prior of {p}×{p} patches keeps whole rows of patches: prefix_len a multiple of {p * m}"
             )

@@ -157,6 +157,8 @@ def train_prior(
             raise VQGenError(f"'{run_dir / ckpt.CONFIG}' is damaged: its 'codes' section is missing")
         codes_path = codes_path or saved["codes"]["path"]
         train = resumed_config(saved.get("train"), train)
+        if patch is not None and patch != prior.patch:
+            raise VQGenError(f"'{run_dir}' models {prior.patch}×{prior.patch} patches, not --patch {patch}")
         if level is not None and level != saved["codes"].get("level", "single"):
             raise VQGenError(f"'{run_dir}' models --level {saved['codes'].get('level', 'single')}, not {level}")
         level = saved["codes"].get("level", "single")

@@ -113,6 +113,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000 --reuse --name folder-tinyimagenet20-patch --ae-options '--downsample 4 --codebook-size 512 --minutes 15' --prior-options '--patch 2 --minutes 15'
 	$(BIN)/python bench/guidance.py --data ../shared/datasets/TinyImageNet20 --prior runs/bench/folder-tinyimagenet20-patch/prior --scales 1.5,2 --n 5000 --name guidance-tinyimagenet20-patch
 	$(BIN)/python bench/folders.py --data ../shared/datasets/TinyImageNet20 --n 5000
+	$(BIN)/python bench/guidance.py --data ../shared/datasets/TinyImageNet20 --prior runs/bench/folder-tinyimagenet20/prior --scales 4 --n 5000 --name guidance-tinyimagenet20-s4
+	$(BIN)/vqgen sample --prior runs/bench/folder-tinyimagenet20/prior --n 160 --class all --guidance 4 --out runs/bench/folder-tinyimagenet20/samples-guidance4
+	cp runs/bench/folder-tinyimagenet20/samples-guidance4/grid.png docs/img/folder-tinyimagenet20-samples-guidance4.png
 	$(BIN)/python bench/folders.py --data ../shared/datasets/Flowers64 --features-from ../shared/datasets/TinyImageNet20 --n 5000
 	# beside vector-quantize-pytorch (a benchmark extra): the present MNIST preset, then the previous one
 	$(BIN)/pip install -q -e '.[bench]'

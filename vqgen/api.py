@@ -181,7 +181,7 @@ def train_prior(
     runs/prior, or runs/prior-bottom with `level="bottom"`. The size left unset (`layers`, `width`) and the
     training length, learning rate, batch size and weight average come from the preset of the codes' data set;
     `class_conditional` unset conditions on the labels when the codes file has them; `patch` unset is the size rule's
-    (vqgen.presets.prior_patch: 2×2 patches of codes per position from a 16×16 grid up). Progress goes to `console`
+    (vqgen.presets.prior_patch: 2×2 patches of codes per position for grids above 8×8). Progress goes to `console`
     (a rich Console) when one is given. See `vqgen train-prior --help` for what each setting does.
     """
     values = _settings(train_prior, locals())

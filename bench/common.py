@@ -149,3 +149,28 @@ def write_result(name: str, command: str, figures) -> Path:
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def beyond_texture(report: dict) -> dict:
+    """The figures of an eval.json that see more than texture, flat: the structure gap (intact − shuffled class
+    accuracy) of held-out images, reconstructions and samples; precision, recall, density and coverage of samples,
+    reconstructions and train images against held-out images; and the two-sample accuracies. Absent ones are left
+    out (reports written before these measures have none)."""
+    out: dict = {}
+    for name, row in report.get("structure", {}).items():
+        if isinstance(row, dict):
+            out |= {f"structure_{k}_{name}": round(v, 4) for k, v in row.items()}
+    fd = report.get("fidelity_diversity", {})
+    for name in ("train", "reconstructions", "samples"):
+        out |= {f"{k}_{name}": round(v, 4) for k, v in fd.get(name, {}).items()}
+    if "samples_per_class" in fd:
+        recall = fd["samples_per_class"]["recall"]
+        out["per_class_recall_samples"] = [None if r is None else round(r, 4) for r in recall]
+    for key, result in report.get("two_sample", {}).items():
+        if isinstance(result, dict):
+            out[f"two_sample_{key}"] = round(result["accuracy"], 4)
+    seconds = {k: report[k]["seconds"] for k in ("structure", "fidelity_diversity") if k in report}
+    seconds |= {k: v["seconds"] for k, v in report.get("two_sample", {}).items() if isinstance(v, dict)}
+    if seconds:
+        out["beyond_texture_seconds"] = seconds
+    return out

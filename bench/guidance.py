@@ -17,7 +17,9 @@ import os
 import shlex
 from pathlib import Path
 
-from common import REPO, SHARED, frechet, vqgen, write_result
+from vqgen.presets import choose_guidance
+
+from common import REPO, SHARED, beyond_texture, frechet, vqgen, write_result
 
 
 def evaluate(prior: Path, root: list[str], n: int, out: Path, *extra: str) -> tuple[dict, str]:
@@ -39,6 +41,7 @@ def row(report: dict) -> dict:
         "recon_class_accuracy": s["recon_class_accuracy"],
         "distinct_fraction": s["distinct_fraction"],
         "train_copy_fraction": s["train_copy_fraction"],
+        **beyond_texture(report),
         "seconds": report["seconds"],
     }
 
@@ -50,7 +53,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    with_two_sample = all("two_sample_samples_vs_reconstructions" in r for r in rows)
+    fig, axes = plt.subplots(1, 2 if with_two_sample else 1, figsize=(10 if with_two_sample else 5, 3.6), dpi=120)
+    ax = axes[0] if with_two_sample else axes
     acc = [100 * r["class_accuracy"] for r in rows]
     fid = [r["fid"] for r in rows]
     ax.plot(acc, fid, "o-", color="tab:blue")
@@ -65,6 +70,20 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
+    if with_two_sample:
+        # what the class accuracy and the distance cannot see: layout, diversity, and anything a fresh network finds
+        ax = axes[1]
+        scales = [r["guidance"] for r in rows]
+        ax.plot(scales, [r["two_sample_samples_vs_reconstructions"] for r in rows], "o-", label="two-sample acc.")
+        ax.plot(scales, [r["recall_samples"] for r in rows], "s-", label="recall (k=3)")
+        ax.plot(scales, [r["precision_samples"] for r in rows], "^-", label="precision (k=3)")
+        ax.plot(scales, [r["structure_gap_samples"] for r in rows], "d-", label="structure gap")
+        ax.axhline(rows[0]["recall_reconstructions"], color="tab:orange", ls="--", lw=1, label="recall: recons")
+        ax.axhline(rows[0]["structure_gap_test"], color="tab:red", ls=":", lw=1, label="gap: held-out images")
+        ax.set_xlabel("guidance scale")
+        ax.set_ylabel("samples against reconstructions / held-out")
+        ax.set_title("beyond texture", fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
 
@@ -108,6 +127,8 @@ def main() -> None:
         "n": args.n,
         "scales": rows,
         "best_fid_scale": best["guidance"],
+        "chosen_scale": choose_guidance(rows) if all("recall_samples" in r for r in rows) else None,
+        "rule": "vqgen.presets.choose_guidance",
         "commands": commands,
     }
     write_result(name, command, figures)

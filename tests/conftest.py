@@ -45,6 +45,16 @@ def run_cli(*args: str) -> CliResult:
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """For modules of tiny tensors: intra-op threads only add synchronisation, which turns into heavy spinning when
+    another process is busy on the same few cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     """A data root shared by the whole session, so the shapes data set is generated once."""

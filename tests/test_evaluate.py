@@ -15,16 +15,11 @@ from vqgen.data import SHAPES_VERSION
 
 from conftest import run_cli
 
-NUMBERS = ("reconstruction", "likelihood", "samples")  # the report sections that must reproduce exactly
+# the report sections that must reproduce exactly
+NUMBERS = ("reconstruction", "likelihood", "samples", "structure", "fidelity_diversity")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny tensors: intra-op threads only add synchronisation, and the machine is shared.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors (conftest.py)
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -206,6 +201,16 @@ def test_eval_autoencoder_only(runs):
     assert 0 <= rec["recon_class_accuracy"] <= 1 and 0 <= rec["original_class_accuracy"] <= 1
     assert rec["frechet_recon_vs_test"] >= 0 and rec["frechet_train_vs_test"] >= 0
     assert "reconstructions keeping their class" in result.out
+    # beyond texture: reconstructions against held-out images, train images as the level of two draws of one set
+    structure = report["structure"]
+    assert set(structure) >= {"test", "reconstructions"} and "samples" not in structure
+    assert structure["test"]["gap"] == pytest.approx(
+        structure["test"]["class_accuracy"] - structure["test"]["shuffled_class_accuracy"]
+    )
+    assert structure["test"]["class_accuracy"] == rec["original_class_accuracy"]
+    assert set(report["fidelity_diversity"]) >= {"train", "reconstructions"}
+    assert set(report["two_sample"]) == {"network", "reconstructions_vs_test", "train_vs_test"}
+    assert "two-sample accuracy" in result.out and "precision / recall" in result.out
     assert rec["psnr"] == pytest.approx(metrics.psnr_from_mse(rec["mse"]))
     assert -1 <= rec["ssim"] <= 1 and 0 < rec["codes_used"] <= 1 and 1 <= rec["perplexity"] <= 32
     assert not list(ae.glob(".eval.json.*"))  # written atomically: no temporary left behind
@@ -234,6 +239,27 @@ def test_eval_with_prior_is_complete_and_reproducible(runs, data_root):
     assert 0 < s["distinct_fraction"] <= 1 and 0 <= s["train_copy_fraction"] <= 1
     for key in ("frechet_samples_vs_test", "frechet_recon_vs_test", "frechet_train_vs_test"):
         assert s[key] >= 0 and math.isfinite(s[key])
+    # beyond texture: the samples beside held-out images and reconstructions, each figure explained in a line
+    structure = report["structure"]
+    assert structure["patch_grid"] == 4
+    assert structure["samples"]["class_accuracy"] == pytest.approx(s["class_accuracy"])
+    assert structure["reconstructions"]["class_accuracy"] == pytest.approx(s["recon_class_accuracy"])
+    for name in ("test", "reconstructions", "samples"):
+        row = structure[name]
+        assert row["gap"] == pytest.approx(row["class_accuracy"] - row["shuffled_class_accuracy"])
+        assert row["frechet_to_shuffled"] >= 0
+    fd = report["fidelity_diversity"]
+    assert fd["precision_recall_k"] == 3 and fd["density_coverage_k"] == 5
+    for name in ("train", "reconstructions", "samples"):
+        assert set(fd[name]) == {"precision", "recall", "density", "coverage"}
+        assert all(0 <= fd[name][key] <= 1 for key in ("precision", "recall", "coverage"))
+    assert len(fd["samples_per_class"]["recall"]) == 4  # one entry per class of shapes
+    two = report["two_sample"]
+    assert set(two) == {"network", "samples_vs_reconstructions", "samples_vs_test", "train_vs_test"}
+    assert all(0 <= two[key]["accuracy"] <= 1 and two[key]["n_test"] == 32 for key in two if key != "network")
+    assert "structure:" in result.out and "two-sample accuracy: samples vs reconstructions" in result.out
+    assert "0.5 means it cannot" in result.out  # the line that says what the figure means
+
     clf = report["classifier"]
     assert clf["split"] == "test" and clf["n"] == 2000 and 0 <= clf["accuracy"] <= 1 and clf["train_steps"] == 5
     assert (data_root / "classifiers" / f"shapes-v{SHAPES_VERSION}-3x32.safetensors").exists()
@@ -243,6 +269,8 @@ def test_eval_with_prior_is_complete_and_reproducible(runs, data_root):
     again = json.loads((prior / "eval.json").read_text())
     assert again["classifier"]["cached"] is True
     assert {k: again[k] for k in NUMBERS} == {k: report[k] for k in NUMBERS}
+    accuracies = lambda r: {k: v["accuracy"] for k, v in r["two_sample"].items() if k != "network"}  # noqa: E731
+    assert accuracies(again) == accuracies(report)
     assert again["classifier"]["accuracy"] == report["classifier"]["accuracy"]
 
 
@@ -272,6 +300,9 @@ def test_unlabelled_data_is_scored_in_another_sets_features(runs, tmp_path):
     result = _eval(*args)  # no labels: no classifier of its own, so no distances
     assert result.code == 0, result.err
     assert "frechet_samples_vs_test" not in json.loads(out.read_text())["samples"]
+    # but the two-sample test needs no classifier
+    assert {"structure", "fidelity_diversity"}.isdisjoint(json.loads(out.read_text()))
+    assert 0 <= json.loads(out.read_text())["two_sample"]["samples_vs_reconstructions"]["accuracy"] <= 1
     result = _eval(*args, "--features-from", "shapes")
     assert result.code == 0, result.err
     report = json.loads(out.read_text())

@@ -12,14 +12,7 @@ T = M * M
 ARCHS = ["transformer", "pixelcnn"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # These tensors are tiny: intra-op threads only add synchronisation, which turns into heavy spinning
-    # when another process is busy on the same few cores.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors (conftest.py)
 
 
 def tiny_prior(arch: str, num_classes: int = 0, seed: int = 0, **overrides) -> Prior:

@@ -188,6 +188,100 @@ def test_leftovers_of_killed_writes_are_cleaned_up(run_copy):
     assert not staged.exists() and not torn.exists() and mine.exists()
 
 
+# ----------------------------------------------------------------------------------------------- paths resolved once
+
+
+def test_a_run_path_through_dot_dot_keeps_every_user_file(in_tmp):
+    folder = in_tmp / "dd"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(12):
+        (folder / f"user{i}.txt").write_text(str(i))
+    result = run_cli("train-ae", *TINY, "--out", "dd/sub/..")
+    assert result.code == 0, result.err
+    assert all((folder / f"user{i}.txt").read_text() == str(i) for i in range(12))
+    assert (folder / "sub").is_dir() and (folder / ckpt.WEIGHTS).exists()
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["dd"]  # nothing staged left beside it
+    again = run_cli("train-ae", *TINY, "--hidden", "32", "--force", "--out", "dd/sub/..")
+    assert again.code == 0, again.err
+    assert all((folder / f"user{i}.txt").read_text() == str(i) for i in range(12))
+    assert ckpt.read_config(folder)["model"]["hidden"] == 32
+
+
+def test_force_through_a_symlinked_out_follows_the_link(run_copy):
+    (run_copy / "notes.txt").write_text("mine")
+    link = run_copy.parent / "link"
+    link.symlink_to(run_copy.name)
+    result = run_cli("train-ae", *TINY, "--hidden", "32", "--force", "--out", "link")
+    assert result.code == 0, result.err
+    assert link.is_symlink() and (link / "notes.txt").read_text() == "mine"
+    assert (run_copy / "notes.txt").read_text() == "mine" and ckpt.read_config(run_copy)["model"]["hidden"] == 32
+    assert sorted(p.name for p in run_copy.parent.iterdir()) == ["ae", "link"]
+
+
+def test_a_swap_killed_after_moving_the_users_files_loses_none(run_copy, monkeypatch):
+    (run_copy / "notes.txt").write_text("mine")
+    (run_copy / "mine").mkdir()
+    (run_copy / "mine" / "data.txt").write_text("kept")
+    old_weights = (run_copy / ckpt.WEIGHTS).read_bytes()
+
+    def killed(a, b):
+        raise KeyboardInterrupt  # the process dies between moving the user's files and the swap
+
+    monkeypatch.setattr(ckpt, "_exchange", killed)
+    staged = run_copy.parent / ".ae.vqgen-new"
+    monkeypatch.setattr(ckpt, "sweep_staging", lambda staging, final: [])  # as a kill -9: nothing cleans up
+    assert run_cli("train-ae", *TINY, "--hidden", "32", "--force", "--out", str(run_copy)).code != 0
+    assert (staged / "notes.txt").exists()  # where the kill left them
+    monkeypatch.undo()
+    # the next start, even a resume of the old run, puts them back and drops only vqgen's own files
+    resumed = run_cli("train-ae", "--out", str(run_copy), "--resume", "--steps", "13")
+    assert resumed.code == 0, resumed.err
+    assert not staged.exists()
+    assert (run_copy / "notes.txt").read_text() == "mine" and (run_copy / "mine" / "data.txt").read_text() == "kept"
+    assert state_step(run_copy) == 13 and (run_copy / ckpt.WEIGHTS).read_bytes() != old_weights  # the old run, on
+    assert ckpt.read_config(run_copy)["model"]["hidden"] == 16  # not the killed --force start's
+
+
+def test_a_staging_folder_holding_a_users_file_of_a_taken_name_is_left_and_named(run_copy):
+    staged = run_copy.parent / ".ae.vqgen-new"
+    staged.mkdir()
+    (staged / ckpt.WEIGHTS).write_bytes(b"vqgen's")
+    (staged / "notes.txt").write_text("the one in the way")
+    (run_copy / "notes.txt").write_text("mine")
+    result = run_cli("train-ae", "--out", str(run_copy), "--resume", "--steps", "13")
+    assert result.code == 0, result.err
+    assert "notes.txt" in result.err and "move them yourself" in result.err
+    assert (staged / "notes.txt").read_text() == "the one in the way" and not (staged / ckpt.WEIGHTS).exists()
+    assert (run_copy / "notes.txt").read_text() == "mine"
+
+
+def test_factorise_refuses_to_write_into_its_own_input(run_copy):
+    before = snapshot(run_copy)
+    for out in (run_copy, run_copy / "inner"):
+        result = run_cli("factorise", "--ae", str(run_copy), "--out", str(out), "--force", "--factors", "4x4")
+        assert_clean_error(result, "--out", "inside it")
+    assert snapshot(run_copy) == before
+
+
+def test_out_inside_the_data_folder_is_refused(in_tmp):
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (in_tmp / "photos" / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(in_tmp / "photos" / name / f"{i}.png")
+    result = run_cli("train-ae", *TINY, "--data", "photos", "--out", "photos/run")
+    assert_clean_error(result, "--out", "--data folder")
+    assert sorted(p.name for p in (in_tmp / "photos").iterdir()) == ["a", "b"]
+
+
+def test_a_name_too_long_for_the_file_system_is_refused_before_training(in_tmp):
+    name = "r" * 250  # fits the file system itself, not with the staging folder's prefix and suffix
+    result = run_cli("train-ae", *TINY, "--out", name)
+    assert_clean_error(result, "too long")
+    assert list(in_tmp.iterdir()) == []
+
+
 # ----------------------------------------------------------------------------------------------- one writer
 
 

@@ -219,6 +219,8 @@ def train_autoencoder(
     Under torchrun every rank calls this: only rank 0 writes into the folder, all read from it.
     """
     run_dir = Path(out)
+    if Path(data_cfg.data).is_dir():  # its images would become training images, its folder a class
+        ckpt.refuse_inside(run_dir, data_cfg.data, "the --data folder")
     adversarial = adversarial or AdversarialConfig()
     given = ae if isinstance(ae, dict) else None
     if given is not None:  # validated now, whatever the preset will add, so a bad setting fails before the data loads
@@ -386,6 +388,7 @@ def factorise_autoencoder(
     """
     from dataclasses import replace
 
+    ckpt.refuse_inside(out, run, "the autoencoder run it reads (--ae)")
     model, config = load_autoencoder(run)
     try:
         cfg = replace(model.cfg, code_factors=list(factors), factor_by=by)

@@ -345,6 +345,70 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _is_vqgen_file(name: str) -> bool:
+    """Whether a name in a run or staging folder is one vqgen writes (an output, the lock, a killed atomic write)."""
+    if name in _RUN_OUTPUTS or name == LOCK:
+        return True
+    return name.endswith(".tmp") and any(name.startswith(f".{w}.") for w in _RUN_OUTPUTS)
+
+
+def sweep_staging(staging: Path, final: Path) -> list[str]:
+    """Clear a staging folder that a killed start or swap left beside `final`: vqgen's own files are deleted, and
+    anything else is the user's and goes back into `final`. Returns the names that could not go back (a file of that
+    name is in `final`); then the staging folder stays, with them in it. The caller holds `final`'s lock."""
+    if staging.is_symlink() or staging.is_file():
+        staging.unlink(missing_ok=True)
+        return []
+    if not staging.exists():
+        return []
+    stranded = []
+    for name in sorted(os.listdir(staging)):
+        entry = staging / name
+        if _is_vqgen_file(name):
+            _remove_tree(entry)
+        elif not os.path.lexists(final / name):
+            os.replace(entry, final / name)
+        else:
+            stranded.append(name)
+    if stranded:
+        import sys
+
+        print(
+            f"note: '{staging}' holds files that are not vqgen's ({', '.join(stranded[:5])}) and whose names are "
+            f"taken in '{final}'; they were left where they are: move them yourself",
+            file=sys.stderr,
+        )
+    else:
+        with contextlib.suppress(OSError):
+            staging.rmdir()
+    return stranded
+
+
+def resolve_run_path(out: str | Path) -> Path:
+    """The run folder a path names, with `..` and symbolic links resolved, so that the folder staged beside it is
+    never inside it and a link is followed, not replaced. A path that is already plain is kept as typed."""
+    given = Path(out)
+    real = Path(os.path.realpath(given))
+    return given if real == given.absolute() else real  # absolute() keeps "..", where abspath folds it
+
+
+def refuse_inside(out: str | Path, source: str | Path, what: str, flag: str = "--out") -> None:
+    """Refuse an output folder that is `source` (a run or data folder this command reads) or lies inside it."""
+    real_out, real_source = Path(os.path.realpath(out)), Path(os.path.realpath(source))
+    if real_out == real_source or real_out.is_relative_to(real_source):
+        raise VQGenError(f"{flag} '{out}' is {what} or inside it, which it would change; choose another {flag}")
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name the file system holding `folder` (or its nearest existing ancestor) takes."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 class RunFolder:
     """The run folder a training process writes into, locked for its whole lifetime.
 
@@ -355,9 +419,16 @@ class RunFolder:
     """
 
     def __init__(self, final: Path, resume: bool, force: bool):
+        final = resolve_run_path(final)
         self.final, self.owner, self.committed = final, True, resume
         self.path = final  # where to write now
-        self.staging = final.parent / f".{final.name}.vqgen-new"
+        real = Path(os.path.realpath(final))
+        if real == real.parent:
+            raise VQGenError(f"'{final}' is the file system's root, not a run folder; choose another --out")
+        # beside the resolved folder, never inside it, and on its file system (see _start for a mount point)
+        self.staging = real.parent / f".{real.name}.vqgen-new"
+        if len(os.fsencode(self.staging.name)) > _name_max(real.parent):
+            raise VQGenError(f"the name '{real.name}' is too long for this file system; choose a shorter --out")
         self._locks: list[RunLock] = []
         self.created = not final.exists()
         try:
@@ -377,7 +448,8 @@ class RunFolder:
 
     def _start(self, resume: bool, force: bool) -> None:
         final = self.final
-        _remove_tree(self.staging)  # a start killed before its first checkpoint, or a replaced run not yet deleted
+        # a start killed before its first checkpoint, a swap killed midway, or a replaced run not yet deleted
+        sweep_staging(self.staging, final)
         for name in os.listdir(final):  # killed atomic writes of earlier runs
             if name.endswith(".tmp") and any(name.startswith(f".{w}.") for w in _TRAINING_WRITES):
                 (final / name).unlink(missing_ok=True)
@@ -396,6 +468,16 @@ class RunFolder:
                     f"--force cannot replace '{final}', which holds the current directory; run from elsewhere"
                 )
             self.path, self.committed = final, True  # cannot be swapped: written in place, as a folder of its own
+            return
+        if os.path.ismount(final):
+            # a mount point cannot be swapped with a folder beside it (another file system): a new run is written in
+            # place, and an old one is not replaced file by file, which a kill could leave half old, half new
+            if existing:
+                raise VQGenError(
+                    f"--force cannot replace the run in '{final}', a mount point (it cannot be swapped atomically); "
+                    "delete the old run's files first, or write to a folder inside it"
+                )
+            self.path, self.committed = final, True
             return
         try:
             self.staging.mkdir()
@@ -422,7 +504,7 @@ class RunFolder:
                 os.replace(old, self.staging)
             _fsync(self.final.parent)
             self._locks.pop(0).release()  # the old folder's lock, now in the staging path
-            _remove_tree(self.staging)
+            sweep_staging(self.staging, self.final)  # the old run; a file the user added meanwhile goes back
         self.committed = True
         self.path = self.final
         return self.final
@@ -431,8 +513,9 @@ class RunFolder:
         """Release the lock; a start that never reached its first checkpoint leaves no trace."""
         if not self.owner:
             return
-        if not self.committed and self.path == self.staging:
-            _remove_tree(self.staging)
+        if not self.committed:
+            if self.path == self.staging:
+                sweep_staging(self.staging, self.final)
             if self.created:  # the folder only held the lock
                 with contextlib.suppress(OSError):
                     (self.final / LOCK).unlink()

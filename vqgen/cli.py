@@ -899,7 +899,7 @@ def eval_cmd(
     cached in DATA_ROOT/classifiers/ (12 epochs on natural colour images, on 32×32 inputs above 32 pixels).
     eval.json goes into the prior's run folder when --prior is given, else the autoencoder's.
     """
-    from vqgen.evaluate import EvalOptions, evaluate_run, report_rows
+    from vqgen.evaluate import EvalOptions, evaluate_run, report_notes, report_rows
 
     _check_output_file(out)
     _check_seed(seed)
@@ -917,6 +917,8 @@ def eval_cmd(
     console = _console()
     report, path = evaluate_run(ae, prior, data, data_root, opts, device, ignore_hash, console, out, bottom_prior)
     _print_table(f"{path} ({report['data']['name']}, {report['seconds']:.0f} s)", report_rows(report), console)
+    for note in report_notes(report):
+        console.print(f"[dim]{note}[/]")
 
 
 @app.command()

@@ -146,7 +146,7 @@ def evaluate_run(
         report["reconstruction"] = {"split": "test", "n": len(test), **rec, "codebook_size": k}
         if pipe is None and scored:
             # ---- what the classifier makes of the reconstructions: do they keep their class, their statistics?
-            _, reference = _classifier_reference(report, dataset, dc, dev, opts, progress, recons, n_test)
+            clf, reference = _classifier_reference(report, dataset, dc, dev, opts, progress, recons, n_test)
             report["reconstruction"] |= {
                 "n_classified": n_test,
                 "frechet_recon_vs_test": reference["frechet_recon_vs_test"],
@@ -157,6 +157,11 @@ def evaluate_run(
                     "recon_class_accuracy": reference["recon_class_accuracy"],
                     "original_class_accuracy": reference["original_class_accuracy"],
                 }
+            sets = _reference_sets(dataset, recons, n_test, reference, classes_scored)
+            report |= beyond_texture(sets, clf, dev, opts, progress)
+        elif pipe is None:
+            sets = _reference_sets(dataset, recons, n_test, None, False, opts.seed)
+            report |= beyond_texture(sets, None, dev, opts, progress)
         if pipe is not None:
             # ---- stage two: held-out likelihood, beside the unigram entropy (a prior that ignores context)
             limit = min(opts.train_limit, len(dataset.train))
@@ -247,10 +252,12 @@ def evaluate_run(
                 "train_split": "train",
                 "train_grids": limit,
             }
+            images = decode_codes(pipe, levels, opts.batch_size)  # (n, C, n, n) uint8
+            asked = labels if classes_scored and prior_cfg.num_classes == dataset.num_classes else None
+            clf, reference, sample_feats = None, None, None
             if scored:
                 # ---- sample quality through the classifier's eyes
                 clf, reference = _classifier_reference(report, dataset, dc, dev, opts, progress, recons, n_test)
-                images = decode_codes(pipe, levels, opts.batch_size)  # (n, C, n, n) uint8
                 sample_feats, sample_preds = classifier_outputs(clf, images, dev, opts.batch_size)
                 samples |= {
                     "split": "test",
@@ -275,10 +282,117 @@ def evaluate_run(
                     samples["worst_class_accuracy"] = min(per_class)
                     samples["per_class_accuracy"] = per_class
             report["samples"] = samples
+            # ---- layout, fidelity against diversity, and a two-sample test: what the two figures above cannot see
+            sets = _reference_sets(dataset, recons, n_test, reference, classes_scored, opts.seed)
+            sets["samples"] = ImageSet(images, sample_feats, asked)
+            report |= beyond_texture(sets, clf, dev, opts, progress)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     path = Path(out) if out is not None else (Path(prior_run) if prior_run is not None else ae_dir) / EVAL_FILE
     ckpt.save_json(path, report)
     return report, path
+
+
+@dataclass
+class ImageSet:
+    """Images compared by the measures beyond texture, with what the eval classifier makes of them."""
+
+    images: torch.Tensor  # (N, C, n, n) uint8
+    features: torch.Tensor | None = None  # (N, F) the eval classifier's features; None where there is no classifier
+    labels: torch.Tensor | None = None  # (N,) the class each image is, or was asked to be, where classes are scored
+
+
+def _reference_sets(
+    dataset: ImageData, recons: torch.Tensor, n_test: int, reference: dict | None, classes_scored: bool, seed: int = 0
+) -> dict[str, ImageSet]:
+    """The real sets every sample set is compared with: the first n_test held-out images, their reconstructions and
+    a seeded draw of as many train images (the reference's own draw where the classifier ran)."""
+    truth = dataset.test.labels[:n_test] if classes_scored else None
+    if reference is None:
+        draw = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(seed))[:n_test]
+        return {
+            "test": ImageSet(dataset.test.images[:n_test]),
+            "reconstructions": ImageSet(recons),
+            "train": ImageSet(dataset.train.images[draw]),
+        }
+    return {
+        "test": ImageSet(dataset.test.images[:n_test], reference["test_features"], truth),
+        "reconstructions": ImageSet(recons, reference["recon_features"], truth),
+        "train": ImageSet(reference["train_images"], reference["train_features"]),
+    }
+
+
+def beyond_texture(
+    sets: dict[str, ImageSet], clf: Classifier | None, dev: torch.device, opts: EvalOptions, progress=None
+) -> dict:
+    """The report sections `structure`, `fidelity_diversity` (both need the classifier) and `two_sample`, over the
+    sets "test" (the reference), "train", "reconstructions" and, where there are samples, "samples".
+
+    Structure: each set's class accuracy intact and with its patches shuffled, and the Fréchet distance between the
+    set and its shuffled self. Fidelity and diversity: each set against the held-out images, and per class for
+    class-conditional samples. Two-sample test: samples against reconstructions (what a perfect prior would reach)
+    and against held-out images, or reconstructions against held-out images without samples; train against held-out
+    images as the test's own noise."""
+    from vqgen import measures
+
+    out: dict = {}
+    scored = [name for name in ("test", "reconstructions", "samples") if name in sets]
+    if clf is not None:
+        t0 = time.perf_counter()
+        structure: dict = {"patch_grid": measures.PATCH_GRID, "seed": opts.seed}
+        for name in scored:
+            s = sets[name]
+            shuffled = measures.shuffle_patches(s.images, measures.PATCH_GRID, opts.seed)
+            feats, preds = classifier_outputs(clf, shuffled, dev, opts.batch_size)
+            row = {"frechet_to_shuffled": frechet_distance(s.features, feats)}
+            if s.labels is not None:
+                with torch.no_grad():
+                    intact = clf.head(s.features.to(dev)).argmax(1).cpu()
+                accuracy = float((intact == s.labels).double().mean())
+                shuffled_accuracy = float((preds == s.labels).double().mean())
+                row |= {
+                    "class_accuracy": accuracy,
+                    "shuffled_class_accuracy": shuffled_accuracy,
+                    "gap": accuracy - shuffled_accuracy,
+                }
+            structure[name] = row
+        structure["seconds"] = round(time.perf_counter() - t0, 2)
+        out["structure"] = structure
+
+        t0 = time.perf_counter()
+        real = sets["test"]
+        fd: dict = {
+            "reference": f"test, n={len(real.images)}",
+            "precision_recall_k": measures.PRECISION_RECALL_K,
+            "density_coverage_k": measures.DENSITY_COVERAGE_K,
+        }
+        for name in ("train", "reconstructions", "samples"):
+            if name in sets:
+                fd[name] = measures.fidelity_diversity(real.features, sets[name].features)
+        fake = sets.get("samples")
+        if fake is not None and fake.labels is not None and real.labels is not None:
+            per_class: dict[str, list] = {"precision": [], "recall": [], "density": [], "coverage": []}
+            for c in range(int(real.labels.max()) + 1):
+                real_c, fake_c = real.features[real.labels == c], fake.features[fake.labels == c]
+                enough = min(len(real_c), len(fake_c)) > measures.DENSITY_COVERAGE_K
+                scores = measures.fidelity_diversity(real_c, fake_c) if enough else {}
+                for key, values in per_class.items():
+                    values.append(scores.get(key))
+            fd["samples_per_class"] = per_class
+        fd["seconds"] = round(time.perf_counter() - t0, 2)
+        out["fidelity_diversity"] = fd
+
+    pairs = [("samples", "reconstructions"), ("samples", "test")] if "samples" in sets else []
+    pairs = pairs or [("reconstructions", "test")]
+    two: dict = {
+        "network": f"a {measures.TWO_SAMPLE_WIDTH}-wide 4-stage convnet trained from scratch, "
+        f"{measures.TWO_SAMPLE_EPOCHS} epochs over half of each set, scored on the other halves",
+    }
+    for a, b in [*pairs, ("train", "test")]:
+        two[f"{a}_vs_{b}"] = measures.two_sample_test(
+            sets[a].images, sets[b].images, dev, opts.seed, progress=progress, label=f"two-sample {a} vs {b}"
+        )
+    out["two_sample"] = two
+    return out
 
 
 def _classifier_reference(
@@ -324,6 +438,9 @@ def _classifier_reference(
     train_feats, _ = classifier_outputs(clf, dataset.train.images[draw], dev, opts.batch_size)
     reference = {
         "test_features": test_feats,
+        "recon_features": recon_feats,
+        "train_features": train_feats,
+        "train_images": dataset.train.images[draw],
         "frechet_recon_vs_test": frechet_distance(recon_feats, test_feats),
         "frechet_train_vs_test": frechet_distance(train_feats, test_feats),
     }
@@ -383,4 +500,80 @@ def report_rows(report: dict) -> dict[str, object]:
             rows[f"{label} keeping their class ({s['split']} n={s['n_test']})"] = s["recon_class_accuracy"]
         rows[f"distinct sample grids (n={s['n']})"] = s["distinct_fraction"]
         rows[f"samples copying a train grid (n={s['n']}, {s['train_grids']} train grids)"] = s["train_copy_fraction"]
+    return rows | _beyond_texture_rows(report)
+
+
+SET_NAMES = {
+    "test": "held-out images",
+    "train": "train images",
+    "reconstructions": "reconstructions",
+    "samples": "samples",
+}
+
+
+def _beyond_texture_rows(report: dict) -> dict[str, object]:
+    rows: dict[str, object] = {}
+    structure = report.get("structure")
+    if structure:
+        k = structure["patch_grid"]
+        for name in ("test", "reconstructions", "samples"):
+            row = structure.get(name)
+            if row is None:
+                continue
+            if "gap" in row:
+                value = f"{row['class_accuracy']:.3f} → {row['shuffled_class_accuracy']:.3f} (gap {row['gap']:.3f})"
+                rows[f"structure: {SET_NAMES[name]}: class, intact → {k}×{k} patches shuffled"] = value
+            label = f"structure: Fréchet distance, {SET_NAMES[name]} to their shuffled selves"
+            rows[label] = row["frechet_to_shuffled"]
+    fd = report.get("fidelity_diversity")
+    if fd:
+        for name in ("train", "reconstructions", "samples"):
+            if name in fd:
+                f = fd[name]
+                rows[f"precision / recall (k={fd['precision_recall_k']}): {SET_NAMES[name]} vs {fd['reference']}"] = (
+                    f"{f['precision']:.3f} / {f['recall']:.3f}"
+                )
+                rows[f"density / coverage (k={fd['density_coverage_k']}): {SET_NAMES[name]} vs {fd['reference']}"] = (
+                    f"{f['density']:.3f} / {f['coverage']:.3f}"
+                )
+        per_class = fd.get("samples_per_class")
+        if per_class:
+            recall = [r for r in per_class["recall"] if r is not None]
+            if recall:
+                rows["  samples' recall in the worst class / mean over classes"] = (
+                    f"{min(recall):.3f} / {sum(recall) / len(recall):.3f}"
+                )
+    two = report.get("two_sample")
+    if two:
+        for key, result in two.items():
+            if isinstance(result, dict):
+                a, b = key.split("_vs_")
+                label = f"two-sample accuracy: {SET_NAMES[a]} vs {SET_NAMES[b]} (n={result['n_test']} held out)"
+                rows[label] = result["accuracy"]
     return rows
+
+
+def report_notes(report: dict) -> list[str]:
+    """One line per figure beyond texture that the report holds, saying what it means."""
+    notes = []
+    if "structure" in report:
+        k = report["structure"]["patch_grid"]
+        notes.append(
+            f"structure: the class read from images intact and with their {k}×{k} patches shuffled; the gap is how "
+            "much of the class the layout carries (texture survives the shuffle, layout does not)"
+        )
+    if "fidelity_diversity" in report:
+        notes.append(
+            "precision: share of samples inside some held-out image's k-NN ball (fidelity); recall: share of held-out "
+            "images inside some sample's ball (diversity); train images give the values of two draws of one set"
+        )
+        notes.append(
+            "density: about 1 when samples fall where real images are as often as real ones do, above 1 when they "
+            "crowd the common regions; coverage: share of held-out images with a sample in their k-NN ball"
+        )
+    if "two_sample" in report:
+        notes.append(
+            "two-sample accuracy: how often a network trained from scratch tells the two sets apart on images it "
+            "did not train on; 0.5 means it cannot (train vs held-out images shows that level)"
+        )
+    return notes

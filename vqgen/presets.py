@@ -213,3 +213,21 @@ def defaults_text(field: str) -> str:
     if getattr(sized_preset(64), field) != base:
         others.append(f"64 px folders {shown(getattr(sized_preset(64), field))}")
     return shown(base) + (f" ({', '.join(others)})" if others else "")
+
+
+# The guidance rule. Class accuracy and the classifier-feature distance reward class-typical texture, and guidance
+# buys exactly that, so they cannot choose a scale alone (docs/results.md, "What the measures see"). The rule: among
+# the scales whose samples keep at least this share of the reconstructions' recall (diversity), the one whose
+# samples a fresh network tells apart from reconstructions least often (two-sample accuracy); if none keeps it, the
+# scale with the highest recall.
+GUIDANCE_RECALL_KEPT = 0.5
+
+
+def choose_guidance(rows: list[dict]) -> float:
+    """The guidance scale the rule above picks from a sweep: rows of bench/guidance.py, each with `guidance`,
+    `recall_samples`, `recall_reconstructions` and `two_sample_samples_vs_reconstructions`."""
+    diverse = [r for r in rows if r["recall_samples"] >= GUIDANCE_RECALL_KEPT * r["recall_reconstructions"]]
+    if not diverse:
+        return max(rows, key=lambda r: r["recall_samples"])["guidance"]
+    return min(diverse, key=lambda r: (r["two_sample_samples_vs_reconstructions"], r["guidance"]))["guidance"]
+

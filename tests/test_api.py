@@ -210,10 +210,68 @@ def test_vector_quantize_says_what_is_wrong():
 
     with pytest.raises(ValueError, match="product of fsq_levels"):
         vqgen.VectorQuantize(dim=8, codebook_size=100, kind="fsq", fsq_levels=[8, 5])
-    with pytest.raises(ValueError, match="unknown quantizer"):
+    with pytest.raises(ValueError, match="kind must be one of"):
         vqgen.VectorQuantize(dim=8, kind="pq")
     with pytest.raises(ValueError, match=r"\(B, N, 8\)"):
         vqgen.VectorQuantize(dim=8, codebook_size=4)(torch.randn(2, 5, 7))
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda vq: vq.VectorQuantize(dim=0), "dim must be an integer"),
+        (lambda vq: vq.VectorQuantize(dim=8, decay=2.0), "decay must be in (0, 1)"),
+        (lambda vq: vq.VectorQuantize(dim=8, codebook_size=-1), "codebook_size must be an integer"),
+        (lambda vq: vq.VectorQuantize(dim=3, kind="fsq", fsq_levels="abc"), "fsq_levels must be"),
+        (lambda vq: vq.VectorQuantize(dim=8, colour="red"), "no option 'colour'"),
+        (lambda vq: vq.VectorQuantize(dim=8)(torch.randn(2, 4, 3, 3)), "(B, 8, H, W)"),
+        (lambda vq: vq.VectorQuantize(dim=8)(torch.randn(0, 5, 8)), "not (0, 5, 8)"),
+        (lambda vq: vq.VectorQuantize(dim=8, codebook_size=4).lookup(torch.tensor([[7]])), "[0, 4)"),
+    ],
+)
+def test_vector_quantize_checks_every_argument_where_it_enters(make, needle):
+    import vqgen
+    from vqgen.errors import VQGenError
+
+    with pytest.raises(VQGenError) as caught:
+        make(vqgen)
+    assert needle in str(caught.value) and "--" not in str(caught.value)  # the keyword, not a flag
+
+
+def test_autoencoder_and_pipeline_check_their_inputs(runs):
+    import numpy as np
+
+    import vqgen
+    from vqgen.errors import VQGenError
+
+    ae = vqgen.load(runs / "runs/ae")
+    pipe = vqgen.Pipeline.load(runs / "runs/prior")
+    c, n, m, k = ae.cfg.channels, ae.cfg.image_size, ae.cfg.grid_size, ae.cfg.codebook_size
+    images = _test_images(2)
+    grid = torch.zeros(2, m, m, dtype=torch.long)
+    wrong = [
+        (lambda: ae.encode(torch.zeros(2, c, n + 8, n + 8, dtype=torch.uint8)), f"(B, {c}, {n}, {n})"),
+        (lambda: ae.encode(torch.zeros(2, 1, n, n, dtype=torch.uint8)), f"(B, {c}, {n}, {n})"),
+        (lambda: ae.encode(images.int()), "uint8 in [0, 255] or float"),
+        (lambda: ae.encode(images.numpy()), "torch.from_numpy"),
+        (lambda: ae.encode(images.tolist()), "torch.Tensor"),
+        (lambda: ae.decode(grid[:, :5, :5]), f"(B, {m}, {m})"),
+        (lambda: ae.decode(grid + k), f"[0, {k})"),
+        (lambda: ae.decode(grid - 1), f"[0, {k})"),
+        (lambda: ae.decode(grid.float()), "integers"),
+        (lambda: ae.decode_levels(grid), "list of 1 tensor"),
+        (lambda: ae.generate(4), "Pipeline.load"),
+        (lambda: pipe.complete(images.double() / 255, keep_rows=2.0), "keep_rows must be"),
+        (lambda: pipe.complete(images.int(), keep_rows=2), "uint8 in [0, 255] or float"),
+        (lambda: pipe.complete(np.zeros((2, c, n, n), np.uint8), keep_rows=2), "torch.from_numpy"),
+        (lambda: pipe.generate(2, temperature=float("inf")), "temperature must be a finite number"),
+    ]
+    for call, needle in wrong:
+        with pytest.raises(VQGenError) as caught:
+            call()
+        assert needle in str(caught.value), (needle, str(caught.value))
+    assert not hasattr(ae, "generate")  # still an AttributeError for hasattr
+    assert pipe.complete(images.double() / 127.5 - 1, keep_rows=2, n=1).shape == (2, 1, c, n, n)  # float64 is fine
 
 
 @pytest.mark.parametrize(("n", "classes"), [(5000, 10), (64, 10), (64, 4), (8, 4), (7, 3), (3, 10), (100, 7)])

@@ -1,3 +1,5 @@
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +146,71 @@ def test_folder_cache_is_rebuilt_when_a_file_changes_and_skips_a_truncated_image
         load_data(str(tmp_path / "imgs"), root, strict=True)
 
 
+PICKLED_HEADER = b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (6,), }" + b" " * 50
+
+
+def _truncate(path, size=None):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if size is None else data[:size])
+
+
+def _edit_index(**changes):
+    def edit(where):
+        index = json.loads((where / "index.json").read_text())
+        (where / "index.json").write_text(json.dumps(index | changes))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda where: _truncate(where / "images.npy"),  # mmap length is greater than file size
+        lambda where: (where / "images.npy").write_bytes(
+            b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (6,), }" + b" " * 50
+        ),
+        _edit_index(rows="abc"),
+        _edit_index(rows=[0, 1, 999]),
+        _edit_index(skipped=[[1]]),
+        _edit_index(rows=[]),
+        lambda where: (where / "index.json").write_text("[1, 2"),
+    ],
+    ids=[
+        "truncated",
+        "pickled-header",
+        "rows-text",
+        "rows-out-of-range",
+        "skipped-malformed",
+        "rows-empty",
+        "bad-json",
+    ],
+)
+def test_a_damaged_folder_cache_is_rebuilt(tmp_path, damage):
+    _write_folder(tmp_path / "imgs")
+    root = tmp_path / "root"
+    first = load_data(str(tmp_path / "imgs"), root)
+    images, labels = first.train.images[:].clone(), first.train.labels.clone()  # in memory, not the mapped file
+    del first
+    (where,) = list((root / "cache").glob("imgs-*"))
+    damage(where)
+    again = load_data(str(tmp_path / "imgs"), root)
+    assert torch.equal(again.train.images[:], images) and again.skipped == 0
+    assert torch.equal(again.train.labels, labels)
+
+
+def test_partials_of_a_killed_build_are_swept(tmp_path):
+    _write_folder(tmp_path / "imgs")
+    root = tmp_path / "root"
+    load_data(str(tmp_path / "imgs"), root)
+    (where,) = list((root / "cache").glob("imgs-*"))
+    dead = where / "images.npy.999999999.partial"  # no process has this PID
+    dead.write_bytes(b"x" * 100)
+    alive = where / f"images.npy.{os.getppid()}.partial"  # a build still under way in a live process
+    alive.write_bytes(b"x")
+    load_data(str(tmp_path / "imgs"), root)
+    assert not dead.exists() and alive.exists()
+
+
 def test_folder_cache_without_a_writable_root_still_loads(tmp_path):
     _write_folder(tmp_path / "imgs")
     (tmp_path / "file").write_text("not a folder")
@@ -222,3 +289,22 @@ def test_batch_order_resumes_and_shards():
     ranks = [BatchOrder(100, 32, seed=1, rank=r, world_size=2) for r in range(2)]
     for b in first[:3]:
         assert torch.equal(torch.cat([r.next() for r in ranks]), b)
+
+
+def test_sixteen_bit_greys_are_scaled_and_exif_orientation_is_applied(tmp_path):
+    from vqgen.foldercache import decode
+
+    ramp = (np.arange(16 * 16, dtype=np.uint32).reshape(16, 16) * 257).astype(np.uint16)  # 0 … 65,535
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    grey = decode(tmp_path / "deep.png", None, None)[..., 0]
+    assert grey.dtype == np.uint8 and len(np.unique(grey)) == 256 and (grey == 255).mean() < 0.01
+    assert np.array_equal(grey, np.arange(256, dtype=np.uint8).reshape(16, 16))
+
+    tall = np.zeros((8, 4, 3), np.uint8)
+    tall[0, :] = 255  # a white top row
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: a viewer turns it 90° clockwise
+    Image.fromarray(tall).save(tmp_path / "turned.jpg", exif=exif, quality=100)
+    shown = decode(tmp_path / "turned.jpg", "RGB", None)
+    assert shown.shape == (4, 8, 3)  # width and height swapped, as a viewer shows it
+    assert shown[:, -1].mean() > 200 and shown[:, 0].mean() < 50  # the white row is now the right-hand column

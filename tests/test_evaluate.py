@@ -247,7 +247,7 @@ def test_eval_with_prior_is_complete_and_reproducible(runs, data_root):
     for name in ("test", "reconstructions", "samples"):
         row = structure[name]
         assert row["gap"] == pytest.approx(row["class_accuracy"] - row["shuffled_class_accuracy"])
-        assert row["frechet_to_shuffled"] >= 0
+        assert 0 <= row["prediction_kept"] <= 1
     fd = report["fidelity_diversity"]
     assert fd["precision_recall_k"] == 3 and fd["density_coverage_k"] == 5
     for name in ("train", "reconstructions", "samples"):
@@ -396,3 +396,25 @@ def test_eval_guidance_and_label_frequencies(runs, tmp_path):
     assert plain.code == 0 and json.loads((tmp_path / "plain1.json").read_text())["samples"]["guidance"] == 1.0
     bad = _eval("--prior", prior, "--class", "sometimes")
     assert bad.code == 2 and bad.err.startswith("error: --class")
+
+
+def test_eval_writes_no_report_for_a_model_replaced_meanwhile(runs, tmp_path, monkeypatch):
+    import shutil
+
+    import vqgen.evaluate as evaluate
+
+    ae, _ = runs
+    copy = tmp_path / "ae"
+    shutil.copytree(ae, copy)
+    real_pass = evaluate.split_pass
+
+    def replaced_meanwhile(*args, **kwargs):  # a --force run swaps new weights in while eval works
+        result = real_pass(*args, **kwargs)
+        weights = copy / "model.safetensors"
+        weights.write_bytes(weights.read_bytes() + b" ")
+        return result
+
+    monkeypatch.setattr(evaluate, "split_pass", replaced_meanwhile)
+    result = _eval("--ae", copy, "--n", "16")
+    assert result.code == 2 and "replaced while it was evaluated" in result.err and result.err.count("\n") == 1
+    assert not (copy / "eval.json").exists()

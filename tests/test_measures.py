@@ -102,7 +102,7 @@ def _blobs(n: int, seed: int) -> torch.Tensor:
 
 def test_two_sample_test_cannot_tell_halves_of_one_set_apart():
     images = _blobs(400, seed=0)
-    result = measures.two_sample_test(images[:200], images[200:], epochs=4, seed=0)
+    result = measures.two_sample_test(images[:200], images[200:], steps=100, seed=0)
     assert result["n_test"] == 200 and result["n_train"] == 200
     assert abs(result["accuracy"] - 0.5) < 4 * result["null_standard_error"]
 
@@ -110,7 +110,7 @@ def test_two_sample_test_cannot_tell_halves_of_one_set_apart():
 def test_two_sample_test_tells_images_from_noise():
     images = _blobs(200, seed=0)
     noise = torch.randint(0, 256, images.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    result = measures.two_sample_test(images, noise, epochs=4, seed=0)
+    result = measures.two_sample_test(images, noise, steps=100, seed=0)
     assert result["accuracy"] > 0.95
 
 
@@ -119,8 +119,8 @@ def test_two_sample_test_is_seeded_and_leaves_the_rng_alone():
     torch.manual_seed(5)
     expected = torch.rand(1)
     torch.manual_seed(5)
-    first = measures.two_sample_test(a, b, seed=2, epochs=1)
+    first = measures.two_sample_test(a, b, seed=2, steps=20)
     assert torch.equal(torch.rand(1), expected)
-    assert measures.two_sample_test(a, b, seed=2, epochs=1)["accuracy"] == first["accuracy"]
+    assert measures.two_sample_test(a, b, seed=2, steps=20)["accuracy"] == first["accuracy"]
     with pytest.raises(VQGenError, match="differ"):
         measures.two_sample_test(a, _images(40))

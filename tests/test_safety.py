@@ -544,6 +544,30 @@ def test_disk_full_is_one_line(run_copy, monkeypatch):
     assert not Path("codes.safetensors").exists() and not list(Path(".").glob(".codes*"))
 
 
+def test_a_full_disk_during_a_resume_keeps_weights_and_state_of_one_step(run_copy, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    before = snapshot(run_copy)
+    real_save = safetensors.torch.save_file
+
+    def full_at_the_weights(tensors, path, metadata=None):  # the state fits, the weights do not
+        if Path(path).name.startswith(f".{ckpt.WEIGHTS}."):
+            raise SafetensorError("Error while serializing: IoError(Os { code: 28, message: No space left on device })")
+        real_save(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_at_the_weights)
+    result = run_cli("train-ae", "--out", str(run_copy), "--resume", "--steps", "20")
+    assert_clean_error(result, "No space left on device", "free some space")
+    after = snapshot(run_copy)
+    for name in (ckpt.WEIGHTS, ckpt.STATE):
+        assert after[name] == before[name], name  # neither moved on alone
+    assert not [p for p in run_copy.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    resumed = run_cli("train-ae", "--out", str(run_copy), "--resume", "--steps", "13")
+    assert resumed.code == 0, resumed.err
+
+
 # ------------------------------------------------------------------------- sizes checked before anything is built
 
 
@@ -704,3 +728,12 @@ def test_benchmark_results_record_the_commit(tmp_path, monkeypatch):
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     assert record["command"] == "python bench/probe.py" and record["machine"]["cores"]
     assert record["commit"]["sha"] == head and isinstance(record["commit"]["dirty"], bool)
+
+
+def test_resume_refuses_model_flags_that_differ_from_the_run(run_copy):
+    before = snapshot(run_copy)
+    result = run_cli("train-ae", "--out", str(run_copy), "--resume", "--steps", "13", "--hidden", "32")
+    assert_clean_error(result, "--hidden 32 differs from the run's 16", "drop --hidden")
+    assert snapshot(run_copy) == before
+    same = run_cli("train-ae", "--out", str(run_copy), "--resume", "--steps", "13", "--hidden", "16")
+    assert same.code == 0, same.err

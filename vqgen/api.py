@@ -131,6 +131,11 @@ def train_autoencoder(
     for name in ("fsq_levels", "code_factors"):
         if isinstance(ae[name], (list, tuple)):
             ae[name] = list(ae[name])
+    if values["resume"]:  # a resumed run keeps its model: what differs from the defaults here was asked for
+        import inspect
+
+        defaults = inspect.signature(train_autoencoder).parameters
+        ae = {name: value for name, value in ae.items() if value != defaults[name].default}
     train = _train_config(values)
     data_cfg = DataConfig(
         str(values["data"]), _str(values["data_root"]), values["image_size"], values["channels"], values["strict"]

@@ -231,6 +231,8 @@ def train_autoencoder(
         missing = [section for section in ("model", "train", "data") if section not in saved]
         if missing:
             raise VQGenError(f"'{run_dir / ckpt.CONFIG}' is damaged: its '{missing[0]}' section is missing")
+        if given is not None:
+            _refuse_changed_model(given, saved["model"])
         try:
             ae = AEConfig.from_dict(saved["model"])
             data_cfg = DataConfig(**saved["data"])
@@ -278,6 +280,23 @@ def train_autoencoder(
     # Locked for this process until it returns; a new run is staged until its first checkpoint (see RunFolder).
     with on_main(ckpt.open_run, run_dir, resume=resume, force=force) as folder:
         return _train_in(folder, ae, train, data_cfg, data, resume, console, adversarial, device, dist_info)
+
+
+def _refuse_changed_model(given: dict, saved: dict) -> None:
+    """A resumed run keeps its model: a model setting given now that differs from the run's is refused, not ignored."""
+    for name, value in given.items():
+        if (
+            value is None
+            or name not in saved
+            or value == saved[name]
+            or (isinstance(value, (list, tuple)) and list(value) == saved[name])
+        ):
+            continue
+        flag = "--" + name.replace("_", "-")
+        raise VQGenError(
+            f"{flag} {value} differs from the run's {saved[name]}: a resumed run keeps its model; drop {flag}, "
+            "or start a new run (--force, or another --out)"
+        )
 
 
 def _train_in(

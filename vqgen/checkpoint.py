@@ -62,26 +62,57 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()  # mkstemp creates 0600 files; finished files get the usual permissions
 
 
+def _write_error(path: Path, e: BaseException) -> VQGenError:
+    """The one line for a failed write, whatever raised it (the OS, safetensors, Pillow)."""
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[-1][:200]
+    hint = "free some space, or choose another --out" if "space" in reason.lower() else "choose another --out"
+    return VQGenError(f"cannot write '{path}' ({reason}); nothing already saved was changed: {hint}")
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
+    """Yield a temporary path beside each of `paths`; once all are written they are renamed into place, so readers
+    never see a torn file, and a failed write (a full disk) leaves every old file as it was. Any write error becomes
+    one VQGenError line here, the one place every file of vqgen is written through."""
+    finals = [Path(p) for p in paths]
+    temps: list[str] = []
+    try:
+        for path in finals:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            temps.append(tmp)
+    except OSError as e:
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise VQGenError(f"cannot write to '{finals[len(temps)].parent}' ({e.strerror}); choose another --out") from e
+    try:
+        try:
+            yield [Path(t) for t in temps]
+            for tmp in temps:
+                os.chmod(tmp, _FILE_MODE)
+                _fsync(tmp)  # the data reaches the disk before the name does: a power loss never leaves an empty file
+        except (VQGenError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # OSError, SafetensorError, PIL's errors...: the disk is full, or the folder went away
+            raise _write_error(finals[0], e) from e
+        for tmp, path in zip(temps, finals, strict=True):
+            os.replace(tmp, path)
+        for folder in {path.parent for path in finals}:
+            _fsync(folder)  # and the renames themselves are durable
+    except BaseException:
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed into place, so readers never see a torn file."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise VQGenError(f"cannot write to '{path.parent}' ({e.strerror}); choose another --out") from e
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, _FILE_MODE)
-        _fsync(tmp)  # the data reaches the disk before the name does: a power loss never leaves an empty file
-        os.replace(tmp, path)
-        _fsync(path.parent)  # and the rename itself is durable
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """atomic_paths for one file."""
+    with atomic_paths(path) as (tmp,):
+        yield tmp
 
 
 def _fsync(path: str | Path) -> None:
@@ -141,12 +172,22 @@ def load_json(path: str | Path) -> dict:
     return obj
 
 
+TensorFile = tuple[dict[str, torch.Tensor], dict[str, str] | None]  # the tensors and the metadata of one file
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    save_tensor_files({path: (tensors, metadata)})
+
+
+def save_tensor_files(files: dict[str | Path, TensorFile]) -> None:
+    """Write several safetensors files as one: none is replaced until all are written (a run's weights and its
+    state, which must always describe the same step)."""
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    with atomic_paths(*files) as temps:
+        for tmp, (tensors, metadata) in zip(temps, files.values(), strict=True):
+            tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+            save_file(tensors, str(tmp), metadata=metadata)
 
 
 def read_header(path: str | Path) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, str]]:

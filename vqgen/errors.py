@@ -51,8 +51,9 @@ def flag_names() -> Iterator[None]:
         _FLAG_NAMES.reset(token)
 
 
-class VQGenError(Exception):
-    """A problem with the user's input or files; the message says what is wrong and what to do."""
+class VQGenError(ValueError):
+    """A problem with the user's input or files; the message says what is wrong and what to do. A ValueError, so
+    that a Python caller's `except ValueError` catches a bad argument."""
 
     def __init__(self, *args: object) -> None:
         super().__init__(*args)
@@ -69,3 +70,8 @@ class SettingError(VQGenError, ValueError):
 
 class TrainingInterrupted(Exception):
     """Raised inside the training loop after a SIGINT/SIGTERM, once state has been saved."""
+
+
+class WrongModelError(VQGenError, AttributeError):
+    """A method asked of a model that does not have it (`generate` of an autoencoder): says what to load instead,
+    and stays an AttributeError for hasattr."""

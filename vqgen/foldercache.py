@@ -11,6 +11,7 @@ in a temporary folder, mapped, and the folder removed (the mapping keeps the dat
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -59,14 +60,28 @@ def resize_crop_pil(im, size: int):
     return im.crop((left, top, left + size, top + size))
 
 
+def upright_8bit(im):
+    """A PIL image as a viewer shows it: turned as its EXIF orientation says, and a 16-bit grey image scaled to 8
+    bits (PIL's own conversion clips 0–65535 to 0–255, which saturates nearly every pixel)."""
+    from PIL import Image, ImageOps
+
+    im = ImageOps.exif_transpose(im) or im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(im, dtype=np.float64)
+        if array.size and array.max() > 255:  # 16-bit range
+            array = array / 257.0
+        im = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
+    return im
+
+
 def decode(file: Path, mode: str | None, image_size: int | None) -> np.ndarray:
     """One image file → (H, W, C) uint8; mode None picks L for grey files and RGB otherwise."""
     from PIL import Image
 
     with Image.open(file) as im:
         im.load()
-        mode = mode or ("L" if im.mode in ("1", "L", "I;16", "I", "F") else "RGB")
-        im = im.convert(mode)
+        mode = mode or ("L" if im.mode in ("1", "L", "I;16", "I;16B", "I;16L", "I", "F") else "RGB")
+        im = upright_8bit(im).convert(mode)
         if image_size is not None:
             im = resize_crop_pil(im, image_size)
         array = np.asarray(im, dtype=np.uint8)
@@ -80,6 +95,36 @@ def _readable(file: Path, mode: str | None, image_size: int | None) -> np.ndarra
         return decode(file, mode, image_size)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         return f"{e}" or type(e).__name__  # a decompression bomb is an unreadable file like any other
+
+
+def _die_with_parent() -> None:
+    """A decode worker's initializer: on Linux, the kernel kills it when the process that started it dies (kill -9
+    included), so no worker outlives its run."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def sweep_partials(where: Path) -> None:
+    """Delete the partial files (`NAME.PID.partial`) of cache builds whose process is gone (killed)."""
+    with contextlib.suppress(OSError):
+        for partial in where.glob("*.partial"):
+            pid = partial.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                partial.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _decode_chunk(
@@ -146,17 +191,18 @@ def load_folder(
     files, class_names, labels = list_images(path)
     stamp = fingerprint(path, files, image_size, channels)
     where = cache_dir(root, path, image_size, channels)
+    sweep_partials(where)
     if is_distributed():
         import torch.distributed as dist
 
         # Every rank meets at the barrier, whatever it finds on disk; only rank 0 builds, and only when needed.
-        if rank_and_world()[0] == 0 and _read_index(where, stamp) is None:
+        if rank_and_world()[0] == 0 and _mapped(where, stamp) is None:
             _build_or_report(path, files, where, stamp, image_size, channels, workers)
         dist.barrier()
-    elif _read_index(where, stamp) is None:
+    elif _mapped(where, stamp) is None:  # none yet, another folder's or settings', or damaged: (re)built
         _build_or_report(path, files, where, stamp, image_size, channels, workers)
-    index = _read_index(where, stamp)
-    if index is None:  # the data root is not writable: build in a temporary folder, map it, remove the folder
+    cached = _mapped(where, stamp)
+    if cached is None:  # the data root is not writable: build in a temporary folder, map it, remove the folder
         with tempfile.TemporaryDirectory(prefix="vqgen-cache-") as tmp:
             try:
                 _build(path, files, Path(tmp), stamp, image_size, channels, workers)
@@ -164,12 +210,10 @@ def load_folder(
                 raise VQGenError(
                     f"'{root}' cannot hold the image cache and neither can {tmp} ({e}); pass a writable --data-root"
                 ) from e
-            index = _read_index(Path(tmp), stamp)
-            array = np.load(Path(tmp) / "images.npy", mmap_mode="r")
-    else:
-        array = np.load(where / "images.npy", mmap_mode="r")
-    if index is None or list(array.shape) != index["shape"]:
+            cached = _mapped(Path(tmp), stamp)
+    if cached is None:
         raise VQGenError(f"the image cache in '{where}' is inconsistent; delete that folder and run again")
+    index, array = cached
     skipped = index["skipped"]
     if skipped and strict:
         name, reason = skipped[0]
@@ -183,13 +227,41 @@ def load_folder(
 
 
 def _read_index(where: Path, stamp: str) -> dict | None:
+    """The cache's index if it is this folder's and whole: every row a file, read or skipped, exactly once."""
     try:
         index = json.loads((where / "index.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
-    if index.get("fingerprint") != stamp or "shape" not in index or not (where / "images.npy").exists():
+    if not isinstance(index, dict) or index.get("fingerprint") != stamp:
+        return None
+    shape, rows, skipped = index.get("shape"), index.get("rows"), index.get("skipped")
+    if not (isinstance(shape, list) and len(shape) == 4 and all(type(d) is int and d > 0 for d in shape)):
+        return None
+    if not (isinstance(rows, list) and all(type(r) is int for r in rows) and rows == sorted(set(rows))):
+        return None
+    if rows and not 0 <= rows[0] <= rows[-1] < shape[0]:
+        return None
+    pairs = isinstance(skipped, list) and all(
+        isinstance(s, list) and len(s) == 2 and all(isinstance(x, str) for x in s) for s in skipped
+    )
+    if not pairs or len(rows) + len(skipped) != shape[0]:
         return None
     return index
+
+
+def _mapped(where: Path, stamp: str) -> tuple[dict, np.ndarray] | None:
+    """The cache's index and its memory-mapped array, or None when either is missing, another's or damaged (a
+    truncated or overwritten array, an index that does not describe it): then it is built again."""
+    index = _read_index(where, stamp)
+    if index is None:
+        return None
+    try:
+        array = np.load(where / "images.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):  # truncated ("mmap length is greater than file size"), pickled header
+        return None
+    if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or list(array.shape) != index["shape"]:
+        return None
+    return index, array
 
 
 def _build_or_report(path, files, where, stamp, image_size, channels, workers) -> None:
@@ -254,7 +326,7 @@ def _fill(npy, path, files, where, stamp, first, mode, image_size, workers) -> N
             count = workers or min(8, os.cpu_count() or 1)
             # fork: the workers only run PIL and numpy, and start without re-importing torch
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-            with ProcessPoolExecutor(count, mp_context=context) as pool:
+            with ProcessPoolExecutor(count, mp_context=context, initializer=_die_with_parent) as pool:
                 jobs = [pool.submit(_decode_chunk, str(npy), s, c, mode, image_size) for s, c in chunks]
                 for job, (_, chunk) in zip(jobs, chunks, strict=True):
                     failed += job.result()

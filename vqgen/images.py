@@ -72,13 +72,14 @@ def load_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
 
     from vqgen.data import resize_crop
     from vqgen.errors import VQGenError
+    from vqgen.foldercache import upright_8bit
 
     path = Path(path)
     if not path.exists():
         raise VQGenError(f"image '{path}' does not exist")
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
+            im = upright_8bit(im).convert("L" if channels == 1 else "RGB")
             array = torch.from_numpy(np.asarray(im).copy())
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         raise VQGenError(f"cannot read image '{path}' ({e}); is it a valid image file?") from e

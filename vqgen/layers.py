@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from vqgen.choices import Quantizer as QuantizerKind
+from vqgen.errors import VQGenError, renamed_keywords
 from vqgen.quantize import Quantizer, QuantizerOutput, build_quantizer
 
 
@@ -33,15 +34,16 @@ class VectorQuantize(nn.Module):
         **options: float | int | bool | str,
     ):
         super().__init__()
+        _check_settings(dim, codebook_size, kind, fsq_levels, options)
         if kind == "fsq":
             fsq_levels = list(fsq_levels or [8, 8, 8])
             if codebook_size is not None and codebook_size != math.prod(fsq_levels):
-                raise ValueError(
+                raise VQGenError(
                     f"fsq's codebook is the product of fsq_levels {fsq_levels} = {math.prod(fsq_levels)}, "
                     f"not codebook_size={codebook_size}; leave codebook_size out"
                 )
         elif fsq_levels is not None:
-            raise ValueError(f"fsq_levels is for kind='fsq', not {kind!r}")
+            raise VQGenError(f"fsq_levels is for kind='fsq', not {kind!r}")
         size = codebook_size if codebook_size is not None else (math.prod(fsq_levels) if fsq_levels else 512)
         self.quantizer: Quantizer = build_quantizer(kind, size, dim, fsq_levels=fsq_levels, **options)
         self.kind, self.dim, self.codebook_size = kind, dim, self.quantizer.codebook_size
@@ -49,14 +51,24 @@ class VectorQuantize(nn.Module):
     def forward(self, x: torch.Tensor) -> QuantizerOutput:
         """x (B, N, D) or (B, D, H, W) → quantized vectors and indices in the same layout ((B, N, D) and (B, N), or
         (B, D, H, W) and (B, H, W)), the auxiliary loss and each code's count in the batch."""
+        expected = f"a float tensor (B, N, {self.dim}) or (B, {self.dim}, H, W) with B, N, H, W ≥ 1"
+        if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
+            raise VQGenError(
+                f"x must be {expected}, not {type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}"
+            )
+        channels = x.shape[1] if x.dim() == 4 else x.shape[-1]
+        if x.dim() not in (3, 4) or channels != self.dim or x.numel() == 0:
+            raise VQGenError(f"x must be {expected}, not {tuple(x.shape)}")
         if x.dim() == 4:
             return self.quantizer(x)
-        if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"x must be (B, N, {self.dim}) or (B, {self.dim}, H, W), not {tuple(x.shape)}")
         out = self.quantizer(x.transpose(1, 2).unsqueeze(-1))  # (B, D, N, 1): a one-column image
         return replace(out, quantized=out.quantized.squeeze(-1).transpose(1, 2), indices=out.indices.squeeze(-1))
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        if not isinstance(indices, torch.Tensor) or indices.dtype.is_floating_point or indices.dtype == torch.bool:
+            raise VQGenError("indices must be an integer tensor (B, N) or (B, H, W)")
+        if indices.numel() and not 0 <= int(indices.min()) <= int(indices.max()) < self.codebook_size:
+            raise VQGenError(f"indices must lie in [0, {self.codebook_size}) for this codebook")
         """indices (B, N) → vectors (B, N, D); indices (B, H, W) → vectors (B, D, H, W)."""
         if indices.dim() == 2:
             return self.quantizer.lookup(indices.unsqueeze(-1)).squeeze(-1).transpose(1, 2)
@@ -65,3 +77,32 @@ class VectorQuantize(nn.Module):
     def codebook(self) -> torch.Tensor:
         """The effective codebook (K, D), in the space the vectors are compared in."""
         return self.quantizer.codebook()
+
+
+OPTIONS = (
+    "beta",
+    "commitment",
+    "decay",
+    "grad",
+    "restart_dead",
+    "restart_below",
+    "kmeans_init",
+    "lookup_dim",
+    "cosine",
+)
+
+
+def _check_settings(dim: object, codebook_size: object, kind: object, fsq_levels: object, options: dict) -> None:
+    """The checks the autoencoder's settings get (vqvae.AEConfig), in one VQGenError line naming the keyword."""
+    from vqgen.vqvae import AEConfig
+
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise VQGenError(f"VectorQuantize has no option {unknown[0]!r}; its options are {', '.join(OPTIONS)}")
+    settings = dict(options, embed_dim=dim, quantizer=kind)
+    if codebook_size is not None:
+        settings["codebook_size"] = codebook_size
+    if fsq_levels is not None:
+        settings["fsq_levels"] = fsq_levels if isinstance(fsq_levels, (list, tuple)) else [fsq_levels]
+    with renamed_keywords(embed_dim="dim", quantizer="kind"):
+        AEConfig(**settings)

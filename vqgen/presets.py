@@ -230,4 +230,3 @@ def choose_guidance(rows: list[dict]) -> float:
     if not diverse:
         return max(rows, key=lambda r: r["recall_samples"])["guidance"]
     return min(diverse, key=lambda r: (r["two_sample_samples_vs_reconstructions"], r["guidance"]))["guidance"]
-

@@ -57,8 +57,7 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_state(
-    run_dir: Path,
+def state_file(
     model: nn.Module,
     opt: torch.optim.Optimizer,
     order,
@@ -66,8 +65,8 @@ def save_state(
     extra: dict,
     average: Averaged | None = None,
     task: WithExtraState | None = None,
-) -> None:
-    """Everything needed to continue bit-identically, in one file (so it can never mix two steps)."""
+) -> ckpt.TensorFile:
+    """Everything needed to continue bit-identically, as one file's tensors and metadata (so it never mixes steps)."""
     import json
 
     opt_tensors, opt_meta = optimizer_tensors(opt)
@@ -81,7 +80,7 @@ def save_state(
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     meta = {"step": step, "order": order.state_dict(), "optimizer": opt_meta, "task": task_meta, **extra}
-    ckpt.save_tensors(run_dir / ckpt.STATE, tensors, {"state": json.dumps(meta)})
+    return tensors, {"state": json.dumps(meta)}
 
 
 def load_state(

@@ -50,8 +50,8 @@ class SamplingOptions:
             raise VQGenError(f"--top-k must be an integer, not {self.top_k!r:.40}")
         if self.guidance is not None and not (self.guidance >= 0 and math.isfinite(self.guidance)):
             raise VQGenError(f"--guidance must be a number >= 0 (1 = plain conditional sampling), not {self.guidance}")
-        if not self.temperature > 0:
-            raise VQGenError(f"--temperature must be > 0, not {self.temperature}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise VQGenError(f"--temperature must be a finite number > 0, not {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise VQGenError(f"--top-p must be in (0, 1], not {self.top_p}")
 
@@ -161,6 +161,7 @@ class Pipeline:
         the CPU (under the pipeline's precision, as `complete` encodes)."""
         from vqgen.device import autocast
 
+        self.ae.check_images(images)
         with autocast(self.device, self.precision):  # the quantizer's distances stay in fp32 regardless
             return [g.cpu() for g in self.ae.encode_levels(images.to(self.device))]
 
@@ -606,7 +607,7 @@ def complete_levels(
     m = sizes[0]
     patch = pipe.prior.cfg.patch
     keep_rows = default_keep_rows(pipe) if keep_rows is None else keep_rows
-    if not 1 <= keep_rows < m:
+    if not _is_int(keep_rows) or not 1 <= keep_rows < m:
         which = "top code grid" if len(sizes) == 2 else "code grid"
         raise VQGenError(f"--keep-rows must be between 1 and {m - 1} (the {which} has {m} rows), not {keep_rows}")
     if keep_rows % patch:
@@ -615,11 +616,7 @@ def complete_levels(
             "keeps whole rows of patches"
         )
     check_count(n, "--n")
-    expected = (cfg.channels, cfg.image_size, cfg.image_size)
-    if images.dim() != 4 or len(images) == 0 or tuple(images.shape[1:]) != expected:
-        raise VQGenError(
-            f"images must be (I, {', '.join(map(str, expected))}) for this autoencoder, not {tuple(images.shape)}"
-        )
+    pipe.ae.check_images(images)
     if len(images) * n > MAX_SAMPLES:
         raise VQGenError(
             f"{len(images)} images × --n {n} completions is over the limit of {MAX_SAMPLES:,} samples; ask for fewer"

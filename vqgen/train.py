@@ -42,7 +42,7 @@ from vqgen.errors import TrainingInterrupted, VQGenError
 from vqgen.limits import MAX_STEPS
 from vqgen.probe import measured_precision, record_precision
 from vqgen.progress import make_progress
-from vqgen.resume import load_state, optimizer_tensors, save_state
+from vqgen.resume import load_state, optimizer_tensors, state_file
 
 
 @dataclass
@@ -421,9 +421,11 @@ def fit(
         with maybe_applied(average):
             task.before_save()  # on every rank, so that all keep the same model
         if main:
-            save_state(run_dir, model, opt, order, step, {"total": total}, average, task)
             with maybe_applied(average):
-                ckpt.save_tensors(run_dir / ckpt.WEIGHTS, model.state_dict())
+                weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            state = state_file(model, opt, order, step, {"total": total}, average, task)  # the raw weights again
+            # both or neither: a full disk never leaves weights and state of two different steps
+            ckpt.save_tensor_files({run_dir / ckpt.STATE: state, run_dir / ckpt.WEIGHTS: (weights, None)})
         saved_step = step
         if on_saved is not None:
             run_dir = on_saved()
@@ -527,7 +529,8 @@ def _budget_steps(
     float(loss.detach())  # sync: the probe's steps are done
     now = time.perf_counter()
     step_seconds = (now - probe_start) / max(1, timed)
-    total = probe + max(0, math.floor((budget - (now - loop_start)) / step_seconds))
+    # bounded as --steps is: a budget of 1e12 minutes must still give a run that can be resumed
+    total = min(MAX_STEPS, probe + max(0, math.floor((budget - (now - loop_start)) / step_seconds)))
     total = int(broadcast_object(total))  # rank 0's estimate, so that every rank runs the same steps
     if main:
         config = ckpt.read_config(run_dir)

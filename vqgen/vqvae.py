@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from vqgen.choices import FACTOR_BY, GRADS, QUANTIZERS, FactorBy, Grad, Quantizer
 from vqgen.data import to_float
-from vqgen.errors import SettingError
+from vqgen.errors import SettingError, VQGenError, WrongModelError
 from vqgen.factorise import balanced_order, check_factors, fsq_factor_groups
 from vqgen.limits import MAX_CODEBOOK, MAX_PARAMETERS
 from vqgen.quantize import QuantizerOutput, build_quantizer
@@ -86,6 +86,8 @@ class AEConfig:
             raise SettingError(f"--grad must be one of {', '.join(GRADS)}, not {self.grad!r}")
         if not 0 <= self.restart_below < 1:
             raise SettingError(f"--restart-below must be in [0, 1) (a share of the mean use), not {self.restart_below}")
+        if not 0 < self.decay < 1:
+            raise SettingError(f"--decay must be in (0, 1) (the EMA codebook's decay), not {self.decay}")
         if not 0 <= self.lookup_dim <= self.embed_dim:
             raise SettingError(f"--lookup-dim must be in [0, --embed-dim {self.embed_dim}], not {self.lookup_dim}")
         if self.quantizer == "fsq":
@@ -356,8 +358,8 @@ class VQVAE(nn.Module):
 
         x is uint8 in [0, 255] or float in [-1, 1] (vqgen.data.to_float maps the one to the other).
         Runs in eval mode whatever the model's mode: encoding never changes the codebook (k-means, EMA, restarts)."""
-        if x.dtype == torch.uint8:
-            x = to_float(x)
+        self.check_images(x)
+        x = to_float(x) if x.dtype == torch.uint8 else x.float()  # float64 or float16 in: the weights' float32
         was_training = self.training
         self.eval()
         try:
@@ -383,14 +385,58 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def decode_levels(self, grids: list[torch.Tensor]) -> torch.Tensor:
         """The code grid of each level, top first → images (B, C, n, n) in [-1, 1] (unclamped)."""
-        if len(grids) != self.cfg.levels:
-            raise ValueError(f"this autoencoder has {self.cfg.levels} level(s) of codes, not {len(grids)}")
+        self.check_grids(grids)
         if self.cfg.renumbered:
             grids = [self.code_order[level][grid] for level, grid in enumerate(grids)]
         if self.top is None:
             return self.decoder(self.quantizer.lookup(grids[0]))
         context = self.top.upsample(self.top.quantizer.lookup(grids[0]))  # (B, D, m, m)
         return self.decoder(torch.cat([self.quantizer.lookup(grids[1]), context], dim=1))
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("generate", "generate_codes", "complete", "sample"):
+                raise WrongModelError(
+                    f"this is an autoencoder, which has no {name}: vqgen.Pipeline.load(PRIOR_RUN) samples from a prior "
+                    "and the autoencoder it was trained on"
+                ) from None
+            raise
+
+    def check_images(self, x: object, name: str = "images") -> None:
+        """Refuse, in one VQGenError line, what encode cannot take: (B, C, n, n) uint8 or float images of this
+        model's channels and size, B ≥ 1."""
+        c, n = self.cfg.channels, self.cfg.image_size
+        if not isinstance(x, torch.Tensor):
+            hint = " (torch.from_numpy turns an array into one)" if type(x).__module__ == "numpy" else ""
+            raise VQGenError(f"{name} must be a torch.Tensor of shape (B, {c}, {n}, {n}), not {type(x).__name__}{hint}")
+        if x.dtype != torch.uint8 and not x.dtype.is_floating_point:
+            raise VQGenError(f"{name} must be uint8 in [0, 255] or float in [-1, 1], not {x.dtype}")
+        if x.dim() != 4 or tuple(x.shape[1:]) != (c, n, n) or len(x) == 0:
+            raise VQGenError(
+                f"{name} must have shape (B, {c}, {n}, {n}) with B ≥ 1 for this autoencoder, not {tuple(x.shape)}"
+                + ("; pass --image-size or resize them" if x.dim() == 4 and x.shape[-1] != n else "")
+            )
+
+    def check_grids(self, grids: object) -> None:
+        """Refuse, in one VQGenError line, code grids decode cannot take: a list with one integer (B, m_l, m_l)
+        grid per level, top first, codes in [0, K)."""
+        levels, k = self.cfg.levels, self.cfg.codebook_size
+        if not isinstance(grids, (list, tuple)) or not all(isinstance(g, torch.Tensor) for g in grids):
+            raise VQGenError(
+                f"code grids must be a list of {levels} tensor(s), one per level, not {type(grids).__name__}"
+            )
+        if len(grids) != levels:
+            raise VQGenError(f"this autoencoder has {levels} level(s) of codes, not {len(grids)}")
+        for grid, m in zip(grids, self.cfg.grid_sizes, strict=True):
+            if grid.dtype.is_floating_point or grid.dtype.is_complex or grid.dtype == torch.bool:
+                raise VQGenError(f"codes must be integers, not {grid.dtype}")
+            if grid.dim() != 3 or tuple(grid.shape[1:]) != (m, m) or len(grid) == 0:
+                raise VQGenError(f"code grids must have shape (B, {m}, {m}) with B ≥ 1, not {tuple(grid.shape)}")
+            low, high = int(grid.min()), int(grid.max())
+            if low < 0 or high >= k:
+                raise VQGenError(f"codes must lie in [0, {k}) for this codebook, not {low if low < 0 else high}")
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, n, n), uint8 in [0, 255] or float in [-1, 1] → code grid (B, m, m) int64 of a one-level model."""
@@ -403,7 +449,7 @@ class VQVAE(nn.Module):
 
     def _only(self, grids: list[torch.Tensor]) -> torch.Tensor:
         if len(grids) != 1:
-            raise ValueError("a two-level autoencoder has two code grids: use encode_levels / decode_levels")
+            raise VQGenError("a two-level autoencoder has two code grids: use encode_levels / decode_levels")
         return grids[0]
 
 

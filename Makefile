@@ -117,6 +117,19 @@ bench: $(STAMP)
 	$(BIN)/vqgen sample --prior runs/bench/folder-tinyimagenet20/prior --n 160 --class all --guidance 4 --out runs/bench/folder-tinyimagenet20/samples-guidance4
 	cp runs/bench/folder-tinyimagenet20/samples-guidance4/grid.png docs/img/folder-tinyimagenet20-samples-guidance4.png
 	$(BIN)/python bench/folders.py --data ../shared/datasets/Flowers64 --features-from ../shared/datasets/TinyImageNet20 --n 5000
+	# measures that see layout and diversity (structure gap, precision/recall, density/coverage, two-sample test): what
+	# they read on real images, then guidance sweeps by them on the defaults of TinyImageNet20, CIFAR-10 and MNIST
+	$(BIN)/python bench/measures.py --data ../shared/datasets/TinyImageNet20
+	$(BIN)/python bench/measures.py --data ../shared/datasets/CIFAR10/cifar10-train-40k.npz
+	$(BIN)/python bench/guidance.py --data ../shared/datasets/TinyImageNet20 --prior runs/bench/folder-tinyimagenet20/prior --scales 1,1.5,2,3,4 --n 5000 --name guidance-tinyimagenet20
+	$(BIN)/vqgen train-ae --data ../shared/datasets/CIFAR10/cifar10-train-40k.npz --out runs/bench/cifar10-preset/ae --force
+	$(BIN)/vqgen encode --ae runs/bench/cifar10-preset/ae --out runs/bench/cifar10-preset/codes.safetensors
+	$(BIN)/vqgen train-prior --codes runs/bench/cifar10-preset/codes.safetensors --out runs/bench/cifar10-preset/prior --force
+	$(BIN)/python bench/guidance.py --data ../shared/datasets/CIFAR10/cifar10-train-40k.npz --prior runs/bench/cifar10-preset/prior --scales 1.5,2,3,4 --n 5000 --name guidance-cifar10
+	$(BIN)/vqgen train-ae --data mnist --data-root ../shared/datasets --out runs/bench/mnist-preset/ae --force
+	$(BIN)/vqgen encode --ae runs/bench/mnist-preset/ae --out runs/bench/mnist-preset/codes.safetensors
+	$(BIN)/vqgen train-prior --codes runs/bench/mnist-preset/codes.safetensors --out runs/bench/mnist-preset/prior --force
+	$(BIN)/python bench/guidance.py --data mnist --prior runs/bench/mnist-preset/prior --scales 1,1.5,2,3 --n 5000 --name guidance-mnist-rule
 	# beside vector-quantize-pytorch (a benchmark extra): the present MNIST preset, then the previous one
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/vs_vqtorch.py --data mnist --restart-below 0.3

@@ -21,7 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
-from common import REPO, SHARED, command_line, frechet, last_metrics, vqgen, write_result
+from common import REPO, SHARED, beyond_texture, command_line, frechet, last_metrics, vqgen, write_result
 from sampling import timed_sample
 
 
@@ -145,6 +145,7 @@ def main() -> None:
         "classifier_test_accuracy": report.get("classifier", {}).get("accuracy"),
         "distinct_fraction": smp["distinct_fraction"],
         "train_copy_fraction": smp["train_copy_fraction"],
+        **beyond_texture(report),
         "sample_n64": timing,
         "wall_seconds": {k: round(v, 1) for k, v in steps.items()},
         "commands": [

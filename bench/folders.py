@@ -22,7 +22,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from common import REPO, command_line, frechet, vqgen, write_result
+from common import REPO, beyond_texture, command_line, frechet, vqgen, write_result
 
 
 def done(path: Path, after: Path | None = None) -> bool:
@@ -135,6 +135,7 @@ def main() -> None:
         row |= {k: s[k] for k in ("class_accuracy", "worst_class_accuracy", "per_class_accuracy")}
         row["asked_class_vs_kept"] = round(s["class_accuracy"] / s["recon_class_accuracy"], 3)
         row["class_names"] = prior_config["codes"].get("class_names")
+    row |= beyond_texture(report)
     row["commands"] = ["vqgen " + shlex.join(c) for c in (train_ae, encode, train_prior, evaluate, grid, timed)]
     print(json.dumps(row))
     write_result(result, command, row)

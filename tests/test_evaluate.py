@@ -418,3 +418,19 @@ def test_eval_writes_no_report_for_a_model_replaced_meanwhile(runs, tmp_path, mo
     result = _eval("--ae", copy, "--n", "16")
     assert result.code == 2 and "replaced while it was evaluated" in result.err and result.err.count("\n") == 1
     assert not (copy / "eval.json").exists()
+
+
+def test_sampling_a_class_with_no_training_images_warns(runs, tmp_path):
+    import shutil
+
+    _, prior = runs
+    copy = tmp_path / "prior"
+    shutil.copytree(prior, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["codes"]["class_counts"][1] = 0  # as when a class's only image was held out
+    (copy / "config.json").write_text(json.dumps(config))
+    result = run_cli("sample", "--prior", copy, "--n", "2", "--class", "1", "--out", tmp_path / "s", "--device", "cpu")
+    assert result.code == 0, result.err
+    assert "warning: class" in result.err and "no training images" in result.err
+    quiet = run_cli("sample", "--prior", copy, "--n", "2", "--class", "2", "--out", tmp_path / "t", "--device", "cpu")
+    assert quiet.code == 0 and "warning" not in quiet.err

@@ -13,7 +13,9 @@ from vqgen.factorise import balanced_order, check_factors, fsq_factor_groups, jo
 from vqgen.vqvae import VQVAE, AEConfig
 
 from conftest import run_cli
-from test_priors import ARCHS, M, T, random_codes, single_thread, tiny_prior  # noqa: F401 (the fixture)
+from test_priors import ARCHS, M, T, random_codes, tiny_prior
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors (conftest.py)
 
 FACTORS = [4, 4]  # K = 16, as test_priors' tiny priors
 

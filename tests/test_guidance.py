@@ -9,7 +9,9 @@ import torch
 
 from vqgen.priors import guided_logits
 
-from test_priors import ARCHS, K, T, random_codes, single_thread, tiny_prior  # noqa: F401 (an autouse fixture)
+from test_priors import ARCHS, K, T, random_codes, tiny_prior
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors (conftest.py)
 
 CLASSES = 3
 

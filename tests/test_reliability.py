@@ -449,3 +449,27 @@ def test_guidance_errors_on_the_command_line(in_tmp, trained):
     result = run_cli("sample", "--prior", prior, "--guidance", "2", "--class", "none", "--n", "8", "--out", "ok")
     assert result.code == 0, result.err
     assert len(list((in_tmp / "ok").glob("0*.png"))) == 8
+
+
+def test_messages_at_the_edges(in_tmp, monkeypatch):
+    import os
+
+    import numpy as np
+
+    np.savez(in_tmp / "wide.npz", images=np.zeros((6, 1, 50, 3), np.uint8))  # 1×50 images
+    result = run_cli("train-ae", "--data", "wide.npz", "--out", "run", "--steps", "2")
+    assert_clean_error(result, "1×50", "square")
+    assert "0×0 codes" not in result.out and not (in_tmp / "run").exists()
+
+    from vqgen.errors import VQGenError
+    from vqgen.images import load_image
+
+    (in_tmp / "loop").symlink_to(in_tmp / "loop")
+    with pytest.raises(VQGenError, match="symbolic link that leads nowhere"):
+        load_image(in_tmp / "loop", 3, 32)  # what `vqgen complete --image loop` reads
+
+    real_access = os.access
+    (in_tmp / "locked").mkdir()
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: "locked" not in str(p) and real_access(p, mode, **k))
+    result = run_cli("encode", "--out", "locked/codes.safetensors")  # refused before any encoding
+    assert_clean_error(result, "cannot be written", "make it writable or write elsewhere")

@@ -737,3 +737,42 @@ def test_resume_refuses_model_flags_that_differ_from_the_run(run_copy):
     assert snapshot(run_copy) == before
     same = run_cli("train-ae", "--out", str(run_copy), "--resume", "--steps", "13", "--hidden", "16")
     assert same.code == 0, same.err
+
+
+@pytest.fixture
+def mount_point(in_tmp):
+    """A small tmpfs mounted in the test folder; skipped where this process cannot mount one."""
+    folder = in_tmp / "mp"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()[:80]})")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_a_run_into_a_mount_point_trains_in_place_and_is_never_half_replaced(mount_point):
+    (mount_point / "notes.txt").write_text("mine")
+    result = run_cli("train-ae", *TINY, "--out", str(mount_point))
+    assert result.code == 0, result.err
+    assert (mount_point / ckpt.WEIGHTS).exists() and (mount_point / "notes.txt").read_text() == "mine"
+    before = snapshot(mount_point)
+    result = run_cli("train-ae", *TINY, "--hidden", "32", "--force", "--out", str(mount_point))
+    assert_clean_error(result, "mount point", "write to a folder inside it")
+    assert snapshot(mount_point) == before
+    resumed = run_cli("train-ae", "--out", str(mount_point), "--resume", "--steps", "13")
+    assert resumed.code == 0, resumed.err
+    inside = run_cli("train-ae", *TINY, "--out", str(mount_point / "run"))  # a folder inside swaps as anywhere
+    assert inside.code == 0, inside.err
+    again = run_cli("train-ae", *TINY, "--hidden", "32", "--force", "--out", str(mount_point / "run"))
+    assert again.code == 0, again.err
+
+
+def test_a_reader_sweeps_what_a_killed_swap_left(run_copy):
+    staged = run_copy.parent / ".ae.vqgen-new"  # the old run, left beside the new one by a kill right after the swap
+    staged.mkdir()
+    (staged / ckpt.WEIGHTS).write_bytes(b"old")
+    (staged / ckpt.LOCK).write_text("1\n")
+    result = run_cli("encode", "--ae", str(run_copy), "--out", "codes.safetensors")
+    assert result.code == 0, result.err
+    assert not staged.exists()

@@ -255,6 +255,8 @@ def train_autoencoder(
         train = with_stage_defaults(train, preset.ae_steps, preset.ae_lr, preset.ae_batch_size, preset.ae_ema_weights)
         adversarial = adversarial.with_preset(preset)
         adversarial.validate()
+    if height != width:
+        raise VQGenError(f"images are {height}×{width}; vqgen needs square images: pass --image-size N")
     if console is not None and dist_info.is_main:
         if data.skipped:
             console.print(
@@ -263,8 +265,6 @@ def train_autoencoder(
             )
         if given is not None:
             console.print(describe_choice(ae, train, adversarial, data_cfg.data, height))
-    if height != width:
-        raise VQGenError(f"images are {height}×{width}; vqgen needs square images: pass --image-size N")
     if height % ae.downsample:
         raise VQGenError(
             f"images are {height}×{width}, not divisible by --downsample {ae.downsample}; "

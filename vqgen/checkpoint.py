@@ -65,8 +65,21 @@ _FILE_MODE = _file_mode()  # mkstemp creates 0600 files; finished files get the 
 def _write_error(path: Path, e: BaseException) -> VQGenError:
     """The one line for a failed write, whatever raised it (the OS, safetensors, Pillow)."""
     reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[-1][:200]
-    hint = "free some space, or choose another --out" if "space" in reason.lower() else "choose another --out"
+    hint = (
+        "free some space and run again" if "space" in reason.lower() else f"check that '{path.parent}' can be written"
+    )
     return VQGenError(f"cannot write '{path}' ({reason}); nothing already saved was changed: {hint}")
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse, before any work, a file that could not be written at the end: its folder exists but is read-only."""
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK):
+        raise VQGenError(
+            f"'{folder}' cannot be written, so '{path}' could not be saved; make it writable or write elsewhere"
+        )
 
 
 @contextlib.contextmanager
@@ -86,7 +99,8 @@ def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
         for tmp in temps:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        raise VQGenError(f"cannot write to '{finals[len(temps)].parent}' ({e.strerror}); choose another --out") from e
+        folder = finals[len(temps)].parent
+        raise VQGenError(f"cannot write to '{folder}' ({e.strerror}); make it writable or write elsewhere") from e
     try:
         try:
             yield [Path(t) for t in temps]
@@ -425,6 +439,23 @@ def sweep_staging(staging: Path, final: Path) -> list[str]:
     return stranded
 
 
+def sweep_if_idle(run_dir: Path) -> None:
+    """A reader's share of the cleaning: the staging folder a killed training left beside `run_dir` is swept (see
+    sweep_staging) when no process holds the run, so that it does not wait for the next training start."""
+    real = Path(os.path.realpath(run_dir))
+    staging = real.parent / f".{real.name}.vqgen-new"
+    if not os.path.lexists(staging) or not real.is_dir():
+        return
+    try:
+        lock = RunLock(real)
+    except VQGenError:
+        return  # in use (a training that is staging right now) or not writable: left as it is
+    try:
+        sweep_staging(staging, real)
+    finally:
+        lock.release()
+
+
 def resolve_run_path(out: str | Path) -> Path:
     """The run folder a path names, with `..` and symbolic links resolved, so that the folder staged beside it is
     never inside it and a link is followed, not replaced. A path that is already plain is kept as typed."""
@@ -697,6 +728,7 @@ def load_model(run_dir: str | Path, kind: str, build, device: torch.device | str
     import torch._dynamo, two seconds of start-up for every `vqgen sample`.)
     """
     run_dir = Path(run_dir)
+    sweep_if_idle(run_dir)
     config = read_config(run_dir, kind)
     try:
         model = build(config)

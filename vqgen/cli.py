@@ -184,11 +184,14 @@ def _typed(ctx: typer.Context, values: dict) -> dict:
 
 
 def _check_output_file(path: Path | None) -> None:
-    """Refuse, before any work, an output file that cannot be written because a directory is in its place."""
+    """Refuse, before any work, an output file that cannot be written: a directory in its place, a read-only folder."""
+    from vqgen.checkpoint import check_writable
     from vqgen.errors import VQGenError
 
     if path is not None and path.is_dir():
         raise VQGenError(f"--out '{path}' is a directory; give the path of a file to write")
+    if path is not None:
+        check_writable(path)
 
 
 def _parse_levels(text: str) -> list[int]:

@@ -106,6 +106,8 @@ def evaluate_run(
 
     opts = opts or EvalOptions()
     opts.validate()
+    run_folder = Path(prior_run) if prior_run is not None else Path(ae_run) if ae_run is not None else Path("runs/ae")
+    ckpt.check_writable(Path(out) if out is not None else run_folder / EVAL_FILE)  # before the work, not after
     t0 = time.perf_counter()
     dev = resolve_device(device)
     pipe = None
@@ -118,6 +120,9 @@ def evaluate_run(
         ae_dir = Path(ae_run) if ae_run is not None else Path("runs/ae")
         model, ae_config = load_autoencoder(ae_dir, dev)
     dc, dataset = _load_data(model, ae_config, data, data_root)
+    if opts.features_from is not None:  # refused before the reconstruction pass, not after it
+        c, size, _ = dataset.image_shape
+        _check_labelled(DataConfig(opts.features_from, dc.data_root, size, c).load(), opts.features_from)
     test, k, m = dataset.test, model.cfg.codebook_size, model.cfg.grid_size
     labelled = dataset.train.labels is not None and dataset.test.labels is not None and dataset.num_classes >= 2
     scored = labelled or opts.features_from is not None  # whether a classifier's features are there to compare in
@@ -373,14 +378,19 @@ def beyond_texture(
             "precision_recall_k": measures.PRECISION_RECALL_K,
             "density_coverage_k": measures.DENSITY_COVERAGE_K,
         }
+        # as many of each set as there are held-out images: a k-NN radius shrinks as its set grows, so unequal sizes
+        # would bias recall and coverage (the samples' first n cycle over the classes, so the cut keeps them uniform)
+        n_real = len(real.features)
+        fd["n"] = n_real
         for name in ("train", "reconstructions", "samples"):
             if name in sets:
-                fd[name] = measures.fidelity_diversity(real.features, sets[name].features)
+                fd[name] = measures.fidelity_diversity(real.features, sets[name].features[:n_real])
         fake = sets.get("samples")
         if fake is not None and fake.labels is not None and real.labels is not None:
             per_class: dict[str, list] = {"precision": [], "recall": [], "density": [], "coverage": []}
             for c in range(int(real.labels.max()) + 1):
                 real_c, fake_c = real.features[real.labels == c], fake.features[fake.labels == c]
+                fake_c = fake_c[: len(real_c)]
                 enough = min(len(real_c), len(fake_c)) > measures.DENSITY_COVERAGE_K
                 scores = measures.fidelity_diversity(real_c, fake_c) if enough else {}
                 for key, values in per_class.items():
@@ -404,6 +414,11 @@ def beyond_texture(
     return out
 
 
+def _check_labelled(data: ImageData, source: str) -> None:
+    if data.train.labels is None or data.num_classes < 2:
+        raise VQGenError(f"--features-from '{source}' has no labels, so it has no classifier; name a labelled set")
+
+
 def _classifier_reference(
     report: dict,
     dataset: ImageData,
@@ -425,8 +440,7 @@ def _classifier_reference(
         c, size, _ = dataset.image_shape
         source = opts.features_from
         own = DataConfig(source, dc.data_root, size, c).load()
-        if own.train.labels is None or own.num_classes < 2:
-            raise VQGenError(f"features_from: '{source}' has no labels, so it has no classifier; name a labelled set")
+        _check_labelled(own, source)
     clf, clf_info = load_or_train_classifier(own, source, root, dev, opts.classifier_steps, progress)
     _, own_preds = classifier_outputs(clf, own.test.images, dev, opts.batch_size)
     report["classifier"] = {

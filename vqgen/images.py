@@ -76,6 +76,8 @@ def load_image(path: str | Path, channels: int, size: int) -> torch.Tensor:
 
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise VQGenError(f"image '{path}' is a symbolic link that leads nowhere (a loop, or a missing target)")
         raise VQGenError(f"image '{path}' does not exist")
     try:
         with Image.open(path) as im:

@@ -356,6 +356,17 @@ def resolve_classes(
         if not 0 <= idx < pipe.num_classes:
             raise VQGenError(f"--class {c[:40]} is out of range: this prior has classes 0..{pipe.num_classes - 1}")
         ids.append(idx)
+    counts = pipe.config.get("codes", {}).get("class_counts") or []
+    unseen = [i for i in dict.fromkeys(ids) if len(counts) == pipe.num_classes and counts[i] == 0]
+    if unseen:
+        import sys
+
+        name = pipe.class_names[unseen[0]] if pipe.class_names else str(unseen[0])
+        print(
+            f"warning: class {name} had no training images (its only images were held out), so the prior never "
+            "learned it: its samples are guesses",
+            file=sys.stderr,
+        )
     return torch.tensor(ids)[torch.arange(n) % len(ids)], None
 
 

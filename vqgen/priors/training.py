@@ -210,6 +210,13 @@ def train_prior(
             class_counts = (
                 torch.bincount(codes.train_labels, minlength=codes.num_classes).tolist() if prior.num_classes else None
             )
+            unseen = [i for i, count in enumerate(class_counts or []) if count == 0]
+            if unseen and console is not None:
+                names = codes.class_names or [str(i) for i in range(codes.num_classes)]
+                console.print(
+                    f"[yellow]warning:[/] {len(unseen)} class(es) have no training grid (e.g. {names[unseen[0]]}: "
+                    "its only images are held out); the prior cannot learn them"
+                )
             ckpt.write_config(
                 folder.path,
                 KIND,

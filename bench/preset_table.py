@@ -244,5 +244,55 @@ def table() -> str:
     return "\n".join(lines) + "\n"
 
 
+# The sweeps of bench/guidance.py that measured what the samples are beyond texture, per data set, and the prior
+# each swept; a row shows the scale its preset records (Flowers64: unlabelled, one unguided eval in bench/folders.py).
+BEYOND_TEXTURE = [
+    ("MNIST", "mnist", "guidance-mnist-rule"),
+    ("CIFAR-10", "cifar10", "guidance-cifar10"),
+    ("TinyImageNet20 (64 px)", "large", "guidance-tinyimagenet20"),
+]
+
+
+def _pair(a: float | None, b: float | None, percent: bool = False) -> str:
+    if a is None or b is None:
+        return "not measured"
+    return f"{100 * a:.1f}% / {100 * b:.1f}%" if percent else f"{a:.2f} / {b:.2f}"
+
+
+def beyond_texture_table() -> str:
+    """The README's table of the measures that see layout and diversity, at each preset's guidance scale."""
+    from vqgen.presets import choose_guidance
+
+    head = (
+        "| data set | guidance (rule's choice) | asked class | structure gap: samples / held-out images "
+        "| precision / recall: samples | recall: reconstructions | two-sample accuracy: samples vs reconstructions "
+        "/ vs held-out | JSON |"
+    )
+    lines = [head, "| " + " | ".join(["---"] * 8) + " |"]
+    rows = [(label, listed_preset(key).prior_guidance, name) for label, key, name in BEYOND_TEXTURE]
+    for label, guidance, name in rows:
+        try:
+            fig = _load(name)["figures"]
+        except FileNotFoundError:
+            continue
+        at = {r["guidance"]: r for r in fig["scales"]}
+        r = at.get(guidance)
+        figures = ["not measured"] * 5  # the preset's scale was not among the sweep's
+        if r is not None:
+            figures = [
+                f"{100 * r['class_accuracy']:.1f}%",
+                _pair(r["structure_gap_samples"], r["structure_gap_test"]),
+                _pair(r["precision_samples"], r["recall_samples"]),
+                f"{r['recall_reconstructions']:.2f}",
+                _pair(r["two_sample_samples_vs_reconstructions"], r["two_sample_samples_vs_test"], percent=True),
+            ]
+        chosen = choose_guidance(fig["scales"])
+        cells = [label, f"{guidance:g} ({chosen:g})", *figures, f"[{name}.json](bench/results/{name}.json)"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     print(table(), end="")
+    print()
+    print(beyond_texture_table(), end="")

@@ -205,7 +205,7 @@ def _parse_levels(text: str) -> list[int]:
 
 
 def _check_seed(seed: int) -> None:
-    from vqgen.train import check_seed
+    from vqgen.limits import check_seed
 
     check_seed(seed)
 

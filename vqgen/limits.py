@@ -18,6 +18,8 @@ MAX_PARAMETERS = 1 << 30  # of one model: about 4 GiB of fp32 weights, four time
 MAX_SAMPLES = 1_000_000  # images one call samples: labels, codes and images are held for all of them at once
 MAX_STEPS = 10**9  # of a training run: far beyond any, and small enough that the schedule's arithmetic stays exact
 MAX_BATCH = 65_536  # grids sampled (or images encoded) at once: a batch holds B × K logits and B × m² codes
+MAX_TRAIN_BATCH = 1 << 20  # images or grids in one training step (--batch-size of train-ae and train-prior)
+MAX_SEED = 2**32  # seeds are in [0, MAX_SEED)
 
 
 def is_int(value: object) -> bool:
@@ -29,3 +31,15 @@ def check_count(n: object, flag: str = "--n", limit: int = MAX_SAMPLES) -> None:
     if not is_int(n) or not 1 <= n <= limit:
         shown = n if not is_int(n) or abs(n) < 1 << 64 else f"a {int(n).bit_length()}-bit number"
         raise VQGenError(f"{flag} must be an integer from 1 to {limit:,}, not {shown!r:.40}")
+
+
+def short(value: object) -> str:
+    """repr(value) for an error line, cut to 60 characters (a damaged config can hold a 5,000-digit number)."""
+    text = repr(value) if not is_int(value) or abs(value) < 1 << 128 else f"a {int(value).bit_length()}-bit integer"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_seed(seed: object) -> None:
+    """The one check of a seed, wherever one enters (a flag, a keyword, a config.json)."""
+    if not is_int(seed) or not 0 <= seed < MAX_SEED:
+        raise VQGenError(f"--seed must be an integer from 0 to {MAX_SEED - 1}, not {short(seed)}")

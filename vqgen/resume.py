@@ -13,6 +13,8 @@ import torch.nn as nn
 from vqgen import checkpoint as ckpt
 from vqgen.errors import VQGenError
 from vqgen.limits import MAX_STEPS
+from vqgen.limits import is_int as _is_int
+from vqgen.limits import short as _short
 
 
 class Averaged(Protocol):
@@ -152,12 +154,3 @@ def _check_state_meta(meta: object, entries: dict, path: Path) -> None:
         missing = [n for n in names if n not in entries]
         if missing:
             raise damaged(f"lacks {len(missing)} optimizer tensor(s), e.g. '{missing[0]}'")
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _short(v: object) -> str:
-    text = repr(v) if not isinstance(v, int) or abs(v) < 10**30 else f"a {len(str(abs(v)))}-digit integer"
-    return text if len(text) <= 40 else text[:37] + "..."

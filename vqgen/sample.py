@@ -22,7 +22,7 @@ from vqgen import checkpoint as ckpt
 from vqgen.data import to_uint8
 from vqgen.errors import VQGenError, renamed_keywords
 from vqgen.images import save_grid, save_image
-from vqgen.limits import MAX_BATCH, MAX_SAMPLES, check_count
+from vqgen.limits import MAX_BATCH, MAX_SAMPLES, check_count, check_seed
 from vqgen.limits import is_int as _is_int
 
 
@@ -39,8 +39,7 @@ class SamplingOptions:
     def check(self) -> None:
         """Every setting that does not depend on the prior, checked before anything is loaded."""
         check_count(self.batch_size, "--batch-size", MAX_BATCH)
-        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
-            raise VQGenError(f"--seed must be an integer from 0 to {2**32 - 1}, not {self.seed!r:.40}")
+        check_seed(self.seed)
         numbers_ = (("--temperature", self.temperature), ("--top-p", self.top_p), ("--guidance", self.guidance))
         for flag, value in numbers_:
             optional = flag != "--temperature"
@@ -356,7 +355,7 @@ def resolve_classes(
         if not 0 <= idx < pipe.num_classes:
             raise VQGenError(f"--class {c[:40]} is out of range: this prior has classes 0..{pipe.num_classes - 1}")
         ids.append(idx)
-    counts = pipe.config.get("codes", {}).get("class_counts") or []
+    counts = (getattr(pipe, "config", None) or {}).get("codes", {}).get("class_counts") or []
     unseen = [i for i in dict.fromkeys(ids) if len(counts) == pipe.num_classes and counts[i] == 0]
     if unseen:
         import sys

@@ -39,7 +39,9 @@ from vqgen.distributed import (
     setup_distributed,
 )
 from vqgen.errors import TrainingInterrupted, VQGenError
-from vqgen.limits import MAX_STEPS
+from vqgen.limits import MAX_STEPS, MAX_TRAIN_BATCH, check_seed
+from vqgen.limits import is_int as _is_int
+from vqgen.limits import short as _short
 from vqgen.probe import measured_precision, record_precision
 from vqgen.progress import make_progress
 from vqgen.resume import load_state, optimizer_tensors, state_file
@@ -91,25 +93,8 @@ class TrainConfig:
             raise VQGenError(f"'{source}' has an invalid train section ({e}); the run folder is damaged") from None
 
 
-MAX_BATCH = 1 << 20
-
-
-def check_seed(seed: object) -> None:
-    if not _is_int(seed) or not 0 <= seed < 2**32:
-        raise VQGenError(f"--seed must be an integer from 0 to {2**32 - 1}, not {_short(seed)}")
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _short(v: object) -> str:
-    text = repr(v) if not isinstance(v, int) or abs(v) < 10**30 else f"a {len(str(abs(v)))}-digit integer"
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _check_train_config(c: TrainConfig) -> None:
@@ -126,9 +111,9 @@ def _check_train_config(c: TrainConfig) -> None:
     need(c.epochs is None or (_is_number(c.epochs) and c.epochs > 0), "--epochs", "a number > 0", c.epochs)
     need(c.minutes is None or (_is_number(c.minutes) and c.minutes > 0), "--minutes", "a number > 0", c.minutes)
     need(
-        c.batch_size is None or (_is_int(c.batch_size) and 1 <= c.batch_size <= MAX_BATCH),
+        c.batch_size is None or (_is_int(c.batch_size) and 1 <= c.batch_size <= MAX_TRAIN_BATCH),
         "--batch-size",
-        f"at least 1 and at most {MAX_BATCH}",
+        f"at least 1 and at most {MAX_TRAIN_BATCH}",
         c.batch_size,
     )
     need(c.lr is None or (_is_number(c.lr) and c.lr > 0), "--lr", "a finite number > 0, e.g. 3e-3", c.lr)

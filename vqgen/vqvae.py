@@ -14,6 +14,8 @@ from vqgen.data import to_float
 from vqgen.errors import SettingError, VQGenError, WrongModelError
 from vqgen.factorise import balanced_order, check_factors, fsq_factor_groups
 from vqgen.limits import MAX_CODEBOOK, MAX_PARAMETERS
+from vqgen.limits import is_int as _is_int
+from vqgen.limits import short as _short
 from vqgen.quantize import QuantizerOutput, build_quantizer
 
 # Upper bounds keep a damaged or hostile config.json from asking for an absurd allocation.
@@ -152,16 +154,6 @@ class AEConfig:
     def from_dict(cls, d: dict) -> AEConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _short(value: object) -> str:
-    """repr(value), cut to 60 characters (a damaged config can hold a 5,000-digit number)."""
-    text = repr(value) if not isinstance(value, int) or abs(value) < 1 << 128 else f"a {value.bit_length()}-bit integer"
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _flag(name: str) -> str:

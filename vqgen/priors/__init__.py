@@ -33,6 +33,8 @@ from vqgen.choices import ARCHS, Arch
 from vqgen.distributed import shard_rand
 from vqgen.factorise import check_factors, join_codes, split_codes
 from vqgen.limits import MAX_CLASSES, MAX_CODEBOOK, MAX_GRID, MAX_PARAMETERS
+from vqgen.limits import is_int as _is_int
+from vqgen.limits import short as _short
 
 _ARCH_ALIASES = {"pixelatt": "transformer"}
 # The fields every saved prior config has had: without them a run's weights cannot be told apart.
@@ -172,16 +174,6 @@ def as_options(message: str) -> str:
     """'n_embd (128) must be divisible by n_head (3)' → '--width (128) must be divisible by --heads (3)', for an
     error about a setting the user gave (a damaged config.json keeps the field names)."""
     return _FIELD.sub(lambda m: _OPTION_OF_FIELD[m[1]], message)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _short(value: object) -> str:
-    """repr(value), cut to 60 characters (a damaged config can hold a huge number or a long string)."""
-    text = repr(value) if not isinstance(value, int) or abs(value) < 1 << 128 else f"a {value.bit_length()}-bit integer"
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def estimate_parameters(cfg: PriorConfig) -> int:

@@ -122,14 +122,21 @@ bench: $(STAMP)
 	$(BIN)/python bench/measures.py --data ../shared/datasets/TinyImageNet20
 	$(BIN)/python bench/measures.py --data ../shared/datasets/CIFAR10/cifar10-train-40k.npz
 	$(BIN)/python bench/guidance.py --data ../shared/datasets/TinyImageNet20 --prior runs/bench/folder-tinyimagenet20/prior --scales 1,1.5,2,3,4 --n 5000 --name guidance-tinyimagenet20
+	for s in 1 3 4; do $(BIN)/vqgen sample --prior runs/bench/folder-tinyimagenet20/prior --n 160 --class all --guidance $$s --out runs/bench/folder-tinyimagenet20/samples-g$$s; done
+	$(BIN)/python -c "from PIL import Image; ims = [Image.open(f'runs/bench/folder-tinyimagenet20/samples-g{g}/grid.png') for g in (1, 3, 4)]; w, h = ims[0].size; out = Image.new('RGB', (3 * w + 20, h * 7 // 20), 'white'); [out.paste(im.crop((0, 0, w, h * 7 // 20)), (i * (w + 10), 0)) for i, im in enumerate(ims)]; out.save('docs/img/guidance-tinyimagenet20-samples-1-3-4.jpg', quality=90)"
 	$(BIN)/vqgen train-ae --data ../shared/datasets/CIFAR10/cifar10-train-40k.npz --out runs/bench/cifar10-preset/ae --force
 	$(BIN)/vqgen encode --ae runs/bench/cifar10-preset/ae --out runs/bench/cifar10-preset/codes.safetensors
 	$(BIN)/vqgen train-prior --codes runs/bench/cifar10-preset/codes.safetensors --out runs/bench/cifar10-preset/prior --force
 	$(BIN)/python bench/guidance.py --data ../shared/datasets/CIFAR10/cifar10-train-40k.npz --prior runs/bench/cifar10-preset/prior --scales 1.5,2,3,4 --n 5000 --name guidance-cifar10
+	for s in 1.5 3 4; do $(BIN)/vqgen sample --prior runs/bench/cifar10-preset/prior --n 80 --class all --guidance $$s --out runs/bench/cifar10-preset/samples-g$$s && cp runs/bench/cifar10-preset/samples-g$$s/grid.png docs/img/guidance-cifar10-samples-$$s.png; done
 	$(BIN)/vqgen train-ae --data mnist --data-root ../shared/datasets --out runs/bench/mnist-preset/ae --force
 	$(BIN)/vqgen encode --ae runs/bench/mnist-preset/ae --out runs/bench/mnist-preset/codes.safetensors
 	$(BIN)/vqgen train-prior --codes runs/bench/mnist-preset/codes.safetensors --out runs/bench/mnist-preset/prior --force
 	$(BIN)/python bench/guidance.py --data mnist --prior runs/bench/mnist-preset/prior --scales 1,1.5,2,3 --n 5000 --name guidance-mnist-rule
+	$(BIN)/vqgen train-ae --out runs/bench/shapes-preset/ae --force
+	$(BIN)/vqgen encode --ae runs/bench/shapes-preset/ae --out runs/bench/shapes-preset/codes.safetensors
+	$(BIN)/vqgen train-prior --codes runs/bench/shapes-preset/codes.safetensors --out runs/bench/shapes-preset/prior --force
+	$(BIN)/python bench/guidance.py --data shapes --prior runs/bench/shapes-preset/prior --scales 1,1.5,2,3 --n 5000 --name guidance-shapes-rule
 	# beside vector-quantize-pytorch (a benchmark extra): the present MNIST preset, then the previous one
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/vs_vqtorch.py --data mnist --restart-below 0.3

@@ -247,6 +247,7 @@ def table() -> str:
 # The sweeps of bench/guidance.py that measured what the samples are beyond texture, per data set, and the prior
 # each swept; a row shows the scale its preset records (Flowers64: unlabelled, one unguided eval in bench/folders.py).
 BEYOND_TEXTURE = [
+    ("shapes (built in)", "shapes", "guidance-shapes-rule"),
     ("MNIST", "mnist", "guidance-mnist-rule"),
     ("CIFAR-10", "cifar10", "guidance-cifar10"),
     ("TinyImageNet20 (64 px)", "large", "guidance-tinyimagenet20"),

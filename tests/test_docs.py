@@ -32,6 +32,13 @@ def test_readme_holds_the_preset_tables_current_output():
     assert text[start : text.index("<!-- /preset-table -->")] == _preset_table().table()
 
 
+def test_readme_holds_the_beyond_texture_tables_current_output():
+    text = (REPO / "README.md").read_text()
+    start = text.index("<!-- beyond-texture-table")
+    start = text.index("\n", start) + 1
+    assert text[start : text.index("<!-- /beyond-texture-table -->")] == _preset_table().beyond_texture_table()
+
+
 def test_a_changed_preset_loses_its_figures(monkeypatch):
     from vqgen import presets
 

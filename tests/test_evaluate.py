@@ -434,3 +434,17 @@ def test_sampling_a_class_with_no_training_images_warns(runs, tmp_path):
     assert "warning: class" in result.err and "no training images" in result.err
     quiet = run_cli("sample", "--prior", copy, "--n", "2", "--class", "2", "--out", tmp_path / "t", "--device", "cpu")
     assert quiet.code == 0 and "warning" not in quiet.err
+
+
+def test_a_resumed_prior_refuses_a_changed_size(runs, tmp_path):
+    import shutil
+
+    _, prior = runs
+    copy = tmp_path / "prior"
+    shutil.copytree(prior, copy)
+    before = (copy / "model.safetensors").read_bytes()
+    result = run_cli("train-prior", "--out", copy, "--resume", "--steps", "3", "--layers", "2", "--device", "cpu")
+    assert result.code == 2 and "--layers 2 differs from the run's 1" in result.err and result.err.count("\n") == 1
+    assert (copy / "model.safetensors").read_bytes() == before
+    same = run_cli("train-prior", "--out", copy, "--resume", "--steps", "3", "--layers", "1", "--device", "cpu")
+    assert same.code == 0, same.err

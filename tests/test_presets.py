@@ -169,3 +169,23 @@ def test_a_grid_of_one_class_per_row_is_labelled_with_the_class_names():
     assert row_names(pipe, torch.tensor([0, 0, 1, 1]), 2) == ["cats", "dogs"]
     assert row_names(pipe, torch.tensor([0, 1, 1, 0]), 2) is None  # mixed rows: no labels
     assert row_names(SimpleNamespace(class_names=None, num_classes=2), torch.tensor([1, 1]), 2) == ["1"]
+
+
+def test_the_guidance_rule_keeps_diversity_then_takes_the_most_layout():
+    from vqgen.presets import choose_guidance
+
+    def row(guidance, recall, gap, two_sample=0.8):
+        return {
+            "guidance": guidance,
+            "recall_samples": recall,
+            "structure_gap_samples": gap,
+            "two_sample_samples_vs_reconstructions": two_sample,
+        }
+
+    # the largest gap loses its diversity (recall under 90% of the best): the next largest gap wins
+    assert choose_guidance([row(1, 0.60, 0.10), row(2, 0.58, 0.20), row(4, 0.40, 0.30)]) == 2
+    # gaps within the tie margin: the lower two-sample accuracy decides
+    assert choose_guidance([row(2, 0.60, 0.200, 0.85), row(3, 0.60, 0.205, 0.80)]) == 3
+    assert choose_guidance([row(2, 0.60, 0.200, 0.75), row(3, 0.60, 0.205, 0.80)]) == 2
+    # no labels, no gap: the most diverse scale
+    assert choose_guidance([row(1, 0.50, None), row(2, 0.55, None)]) == 2

@@ -30,9 +30,8 @@ class Preset:
     ae_adversarial: float = 0.0
     ae_adversarial_start: int = 0
     ae_feature_matching: float = 0.0
-    # Stage two: a 4 × 128 Transformer; the weight average lowers held-out bits; the guidance scale is the one with
-    # the lowest Fréchet distance in bench/guidance.py, unless that distance falls past the reconstructions' floor
-    # (CIFAR-10 and larger images: then the scale that reaches the floor).
+    # Stage two: a 4 × 128 Transformer; the weight average lowers held-out bits; the guidance scale is the one
+    # `choose_guidance` (below) picks from a bench/guidance.py sweep (docs/results.md, "What the measures see").
     transformer_layers: int = 4
     transformer_width: int = 128
     prior_steps: int = 3600
@@ -61,19 +60,9 @@ PRESETS = {
     # MNIST: K = 1024 and 9,000 steps with the weight average reach 28.5 dB held-out within ten minutes, where
     # K = 512 plateaus below it (docs/results.md, "MNIST"). Stage two keeps the real-data recipe.
     "mnist": Preset(codebook_size=1024, ae_steps=9000, ae_ema_weights=0.999),
-    # CIFAR-10 (the torchvision set, or an array file or folder named cifar10…), held-out figures in the eval
-    # classifier's features (bench/natural.py, docs/results.md "CIFAR-10"). K = 512 and the reconstruction loss alone
-    # (14 min): reconstructions at a Fréchet distance of 21.7 keeping 0.65 of the originals' class, samples at 33.5
-    # and 35.6% of the asked class. K = 2048 with the adversarial term (0.2 after 1600 steps) and feature matching
-    # 0.1, 5,600 steps (15 min on the EPYC with tests beside it, 10 min on an Intel Xeon with AMX): 11.6 and 0.76
-    # (9.8 and 0.77 on the Xeon), samples at 25.1 and 41.6% on the EPYC, the best samples measured.
-    # K = 16384 (3,800 steps, feature matching 0.3) meets every reconstruction target of issue 13 (4.96, 0.87), but
-    # its prior's 16384-way output makes a prior step 3.5 times dearer than at K = 2048 (929 against 263 ms;
-    # bench/prior_vocab.py). As 128 × 128 sub-tokens (--code-factors 128x128) its step is 0.80 times the K = 2048
-    # one, but with the same 3,600 prior steps its samples are 36.8% of the asked class at 2.8× their floor against
-    # 41.6% at 2.2× (bench/factorised.py, docs/results.md "Factorised codes"), so the flat K = 2048 recipe stays.
-    # It also wins at every guidance scale both were swept at (2 and 3). Guidance 3, not the lowest distance: past 3
-    # the distance falls below the reconstructions' floor while the grids lose variety (docs/results.md "CIFAR-10").
+    # CIFAR-10 (the torchvision set, or an array file or folder named cifar10…): K = 2048 with the adversarial term
+    # (0.2 after 1,600 steps) and feature matching 0.1 gave the best samples measured; larger codebooks, flat or
+    # factorised into sub-tokens, lost at the same prior steps (docs/results.md, "CIFAR-10", "Factorised codes").
     "cifar10": Preset(
         codebook_size=2048,
         ae_steps=5600,
@@ -216,17 +205,21 @@ def defaults_text(field: str) -> str:
 
 
 # The guidance rule. Class accuracy and the classifier-feature distance reward class-typical texture, and guidance
-# buys exactly that, so they cannot choose a scale alone (docs/results.md, "What the measures see"). The rule: among
-# the scales whose samples keep at least this share of the reconstructions' recall (diversity), the one whose
-# samples a fresh network tells apart from reconstructions least often (two-sample accuracy); if none keeps it, the
-# scale with the highest recall.
-GUIDANCE_RECALL_KEPT = 0.5
+# buys exactly that, so they cannot choose a scale (docs/results.md, "What the measures see"). The rule: among the
+# scales whose samples keep at least this share of the sweep's best recall (diversity), the one whose samples carry
+# the most layout (the largest structure gap); a gap within STRUCTURE_TIE of the best counts as a tie, which the
+# lower two-sample accuracy against reconstructions breaks. Unlabelled data has no gap: the recall alone decides.
+GUIDANCE_RECALL_KEPT = 0.9
+STRUCTURE_TIE = 0.01
 
 
 def choose_guidance(rows: list[dict]) -> float:
     """The guidance scale the rule above picks from a sweep: rows of bench/guidance.py, each with `guidance`,
-    `recall_samples`, `recall_reconstructions` and `two_sample_samples_vs_reconstructions`."""
-    diverse = [r for r in rows if r["recall_samples"] >= GUIDANCE_RECALL_KEPT * r["recall_reconstructions"]]
-    if not diverse:
-        return max(rows, key=lambda r: r["recall_samples"])["guidance"]
-    return min(diverse, key=lambda r: (r["two_sample_samples_vs_reconstructions"], r["guidance"]))["guidance"]
+    `recall_samples`, `structure_gap_samples` and `two_sample_samples_vs_reconstructions`."""
+    best_recall = max(r["recall_samples"] for r in rows)
+    diverse = [r for r in rows if r["recall_samples"] >= GUIDANCE_RECALL_KEPT * best_recall]
+    if any(r.get("structure_gap_samples") is None for r in diverse):
+        return max(diverse, key=lambda r: (r["recall_samples"], -r["guidance"]))["guidance"]
+    most = max(r["structure_gap_samples"] for r in diverse)
+    tied = [r for r in diverse if r["structure_gap_samples"] >= most - STRUCTURE_TIE]
+    return min(tied, key=lambda r: (r["two_sample_samples_vs_reconstructions"], r["guidance"]))["guidance"]

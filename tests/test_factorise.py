@@ -268,7 +268,19 @@ def test_factorised_pipeline_end_to_end_on_shapes(in_tmp):
     result = run_cli("complete", "--image", "samples/000.png", "--keep-rows", "3", "--n", "2")
     assert result.code == 0, result.err
     # eval's held-out bits are the prior's own: eval numbers the codes as encode numbers them
-    evaluated = run_cli("eval", "--prior", "runs/prior", "--n", "8", "--train-limit", "200", "--classifier-steps", "2")
+    evaluated = run_cli(
+        "eval",
+        "--prior",
+        "runs/prior",
+        "--n",
+        "8",
+        "--train-limit",
+        "200",
+        "--classifier-steps",
+        "2",
+        "--two-sample-steps",
+        "20",
+    )
     assert evaluated.code == 0, evaluated.err
     final = [json.loads(line) for line in (in_tmp / "runs/prior/metrics.jsonl").read_text().splitlines()][-1]
     report = json.loads((in_tmp / "runs/prior/eval.json").read_text())

@@ -140,7 +140,19 @@ def test_two_level_pipeline_end_to_end_on_shapes(in_tmp):
     assert result.code == 0, result.err
     assert run_cli("complete", "--image", "samples/000.png", "--keep-rows", "4").code != 0  # the top grid has 4 rows
 
-    result = run_cli("eval", "--prior", "runs/prior", "--n", "40", "--train-limit", "200", "--classifier-steps", "5")
+    result = run_cli(
+        "eval",
+        "--prior",
+        "runs/prior",
+        "--n",
+        "40",
+        "--train-limit",
+        "200",
+        "--classifier-steps",
+        "5",
+        "--two-sample-steps",
+        "20",
+    )
     assert result.code == 0, result.err
     report = json.loads((in_tmp / "runs/prior/eval.json").read_text())
     assert report["likelihood"]["levels"] == 2 and "bottom_prior" in report["runs"]

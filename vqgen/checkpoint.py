@@ -107,10 +107,10 @@ def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
             for tmp in temps:
                 os.chmod(tmp, _FILE_MODE)
                 _fsync(tmp)  # the data reaches the disk before the name does: a power loss never leaves an empty file
-        except (VQGenError, KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as e:  # OSError, SafetensorError, PIL's errors...: the disk is full, or the folder went away
-            raise _write_error(finals[0], e) from e
+        except Exception as e:  # OSError, SafetensorError: the disk is full, or the folder went away
+            if isinstance(e, OSError) or type(e).__module__.split(".")[0] == "safetensors":
+                raise _write_error(finals[0], e) from e
+            raise  # not a write error: a bug, or an error the caller handles
         for tmp, path in zip(temps, finals, strict=True):
             os.replace(tmp, path)
         for folder in {path.parent for path in finals}:

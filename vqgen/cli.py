@@ -881,6 +881,13 @@ def eval_cmd(
             show_default=False,
         ),
     ] = None,
+    two_sample_steps: Annotated[
+        int,
+        typer.Option(
+            "--two-sample-steps",
+            help="Training steps of each two-sample test's network (batches of 128); fewer are faster and see less.",
+        ),
+    ] = 400,
     bottom_prior: BottomPriorOpt = None,
     ignore_hash: IgnoreHashOpt = False,
     seed: SeedOpt = 0,
@@ -916,6 +923,7 @@ def eval_cmd(
         train_limit=train_limit,
         classifier_steps=classifier_steps,
         features_from=features_from,
+        two_sample_steps=two_sample_steps,
     )
     console = _console()
     report, path = evaluate_run(ae, prior, data, data_root, opts, device, ignore_hash, console, out, bottom_prior)

@@ -19,6 +19,7 @@ from vqgen.codes import CodesFile
 from vqgen.data import ImageData, Split, default_root
 from vqgen.device import resolve_device
 from vqgen.errors import VQGenError
+from vqgen.measures import TWO_SAMPLE_STEPS
 from vqgen.metrics import (
     copy_fraction,
     distinct_fraction,
@@ -46,6 +47,9 @@ class EvalOptions:
     # Another labelled data set whose classifier gives the features (an unlabelled set has none of its own); its
     # images are resized to the evaluated ones. None: the evaluated data set's own classifier.
     features_from: str | None = None
+    two_sample_steps: int = (
+        TWO_SAMPLE_STEPS  # training steps of each two-sample test's network (vqgen.measures.TWO_SAMPLE_STEPS)
+    )
 
     def validate(self) -> None:
         from vqgen.limits import MAX_BATCH, MAX_SAMPLES, check_count
@@ -60,6 +64,7 @@ class EvalOptions:
             raise VQGenError(f"--class must be all, none or null, not '{self.classes}'")
         if self.train_limit < 1:
             raise VQGenError(f"--train-limit must be at least 1, not {self.train_limit}")
+        check_count(self.two_sample_steps, "--two-sample-steps", 100_000)
         if self.classifier_steps is not None and self.classifier_steps < 1:
             raise VQGenError(f"--classifier-steps must be at least 1, not {self.classifier_steps}")
 
@@ -403,12 +408,18 @@ def beyond_texture(
     pairs = pairs or [("reconstructions", "test")]
     two: dict = {
         "network": f"a {measures.TWO_SAMPLE_WIDTH}-wide 4-stage convnet trained from scratch, "
-        f"{measures.TWO_SAMPLE_STEPS} steps of {measures.TWO_SAMPLE_BATCH} on half of each set, scored on the other "
+        f"{opts.two_sample_steps} steps of {measures.TWO_SAMPLE_BATCH} on half of each set, scored on the other "
         "halves",
     }
     for a, b in [*pairs, ("train", "test")]:
         two[f"{a}_vs_{b}"] = measures.two_sample_test(
-            sets[a].images, sets[b].images, dev, opts.seed, progress=progress, label=f"two-sample {a} vs {b}"
+            sets[a].images,
+            sets[b].images,
+            dev,
+            opts.seed,
+            steps=opts.two_sample_steps,
+            progress=progress,
+            label=f"two-sample {a} vs {b}",
         )
     out["two_sample"] = two
     return out

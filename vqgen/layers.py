@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import replace
 
@@ -79,16 +80,11 @@ class VectorQuantize(nn.Module):
         return self.quantizer.codebook()
 
 
-OPTIONS = (
-    "beta",
-    "commitment",
-    "decay",
-    "grad",
-    "restart_dead",
-    "restart_below",
-    "kmeans_init",
-    "lookup_dim",
-    "cosine",
+# build_quantizer's keyword settings, read from its signature so that they are declared once
+OPTIONS = tuple(
+    name
+    for name in inspect.signature(build_quantizer).parameters
+    if name not in ("kind", "codebook_size", "dim", "fsq_levels")
 )
 
 

@@ -451,3 +451,28 @@ def test_a_resumed_prior_refuses_a_changed_size(runs, tmp_path):
     assert (copy / "model.safetensors").read_bytes() == before
     same = run_cli("train-prior", "--out", copy, "--resume", "--steps", "3", "--layers", "1", "--device", "cpu")
     assert same.code == 0, same.err
+
+
+def test_plot_keeps_no_plot_of_a_model_replaced_meanwhile(runs, tmp_path, monkeypatch):
+    import shutil
+
+    import vqgen.plots as plots
+
+    pytest.importorskip("matplotlib")
+    ae, _ = runs
+    copy = tmp_path / "ae"
+    shutil.copytree(ae, copy)
+    for name in ("curves.png", "code_usage.png", "codebook_pca.png"):
+        (copy / name).unlink(missing_ok=True)
+    real = plots._plot_codebook
+
+    def replaced_meanwhile(*args, **kwargs):
+        written = real(*args, **kwargs)
+        weights = copy / "model.safetensors"
+        weights.write_bytes(weights.read_bytes() + b" ")
+        return written
+
+    monkeypatch.setattr(plots, "_plot_codebook", replaced_meanwhile)
+    result = run_cli("plot", copy, "--n", "50", "--device", "cpu")
+    assert result.code == 2 and "replaced while it was plotted" in result.err
+    assert not list(copy.glob("*.png")) or [p.name for p in copy.glob("*.png")] == ["recon.png"]

@@ -132,6 +132,8 @@ def plot_run(run: str | Path, n: int = 5000, device: str = "auto", data_root: st
     kind = config.get("kind")
     if kind not in ("vqvae", "prior"):
         raise VQGenError(f"'{run}' is a {kind or 'unknown'} run; plot an autoencoder or a prior run")
+    weights = run / ckpt.WEIGHTS
+    before = ckpt.sha256(weights) if weights.exists() else None
     records = ckpt.read_metrics(run)
     written = []
     if records:
@@ -141,6 +143,11 @@ def plot_run(run: str | Path, n: int = 5000, device: str = "auto", data_root: st
         raise VQGenError(f"'{run}' has no {ckpt.METRICS} yet: nothing to plot")
     if kind == "vqvae":
         written += _plot_codebook(run, n, device, data_root)
+    after = ckpt.sha256(weights) if weights.exists() else None
+    if after != before:  # a --force run swapped new weights in meanwhile: these plots describe a model that is gone
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise VQGenError(f"'{run}' was replaced while it was plotted; no plot was kept: run vqgen plot again")
     return written
 
 

@@ -29,6 +29,7 @@ from vqgen.train import (
     Task,
     TrainConfig,
     fit,
+    refuse_changed,
     resumed_config,
     seed_everything,
     setup_device,
@@ -283,20 +284,10 @@ def train_autoencoder(
 
 
 def _refuse_changed_model(given: dict, saved: dict) -> None:
-    """A resumed run keeps its model: a model setting given now that differs from the run's is refused, not ignored."""
+    """A model setting given with --resume that differs from the run's is refused (see refuse_changed)."""
     for name, value in given.items():
-        if (
-            value is None
-            or name not in saved
-            or value == saved[name]
-            or (isinstance(value, (list, tuple)) and list(value) == saved[name])
-        ):
-            continue
-        flag = "--" + name.replace("_", "-")
-        raise VQGenError(
-            f"{flag} {value} differs from the run's {saved[name]}: a resumed run keeps its model; drop {flag}, "
-            "or start a new run (--force, or another --out)"
-        )
+        if name in saved and not (isinstance(value, (list, tuple)) and list(value) == saved[name]):
+            refuse_changed("--" + name.replace("_", "-"), value, saved[name])
 
 
 def _train_in(

@@ -882,12 +882,14 @@ def eval_cmd(
         ),
     ] = None,
     two_sample_steps: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--two-sample-steps",
-            help="Training steps of each two-sample test's network (batches of 128); fewer are faster and see less.",
+            help="Training steps of each two-sample test's network (batches of 128; default 400); fewer are faster "
+            "and see less.",
+            show_default=False,
         ),
-    ] = 400,
+    ] = None,
     bottom_prior: BottomPriorOpt = None,
     ignore_hash: IgnoreHashOpt = False,
     seed: SeedOpt = 0,
@@ -923,7 +925,7 @@ def eval_cmd(
         train_limit=train_limit,
         classifier_steps=classifier_steps,
         features_from=features_from,
-        two_sample_steps=two_sample_steps,
+        **({"two_sample_steps": two_sample_steps} if two_sample_steps is not None else {}),
     )
     console = _console()
     report, path = evaluate_run(ae, prior, data, data_root, opts, device, ignore_hash, console, out, bottom_prior)

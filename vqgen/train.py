@@ -214,6 +214,15 @@ class Task:
 # ----------------------------------------------------------------------------------------------- the loop
 
 
+def refuse_changed(flag: str, asked: object, saved: object) -> None:
+    """A resumed run keeps its model: a model setting given now that differs from the run's is refused, not ignored."""
+    if asked is not None and asked != saved:
+        raise VQGenError(
+            f"{flag} {asked} differs from the run's {saved}: a resumed run keeps its model; drop {flag}, "
+            "or start a new run (--force, or another --out)"
+        )
+
+
 def resumed_config(saved: dict, given: TrainConfig) -> TrainConfig:
     """A resumed run keeps its saved settings; only a --steps / --epochs given now extends it."""
     if not isinstance(saved, dict):

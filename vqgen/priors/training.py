@@ -21,6 +21,7 @@ from vqgen.train import (
     Task,
     TrainConfig,
     fit,
+    refuse_changed,
     resumed_config,
     seed_everything,
     setup_device,
@@ -160,15 +161,8 @@ def train_prior(
         if patch is not None and patch != prior.patch:
             raise VQGenError(f"'{run_dir}' models {prior.patch}×{prior.patch} patches, not --patch {patch}")
         transformer = prior.arch == "transformer"
-        for flag, asked, saved_size in (
-            ("--layers", layers, prior.n_layer if transformer else prior.pcnn_layers),
-            ("--width", width, prior.n_embd if transformer else prior.pcnn_channels),
-        ):
-            if asked is not None and asked != saved_size:
-                raise VQGenError(
-                    f"{flag} {asked} differs from the run's {saved_size}: a resumed run keeps its model; drop {flag}, "
-                    "or start a new run (--force, or another --out)"
-                )
+        refuse_changed("--layers", layers, prior.n_layer if transformer else prior.pcnn_layers)
+        refuse_changed("--width", width, prior.n_embd if transformer else prior.pcnn_channels)
         if level is not None and level != saved["codes"].get("level", "single"):
             raise VQGenError(f"'{run_dir}' models --level {saved['codes'].get('level', 'single')}, not {level}")
         level = saved["codes"].get("level", "single")
